@@ -1,0 +1,25 @@
+# The two entry points a new user needs: `make demo` and `make test`.
+# Both create .venv on first use, installing through constraints.txt (offline-friendly pins).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared/data
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+.PHONY: setup test test-all demo lint
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m 'not gpu'
+
+demo: setup
+	$(VENV)/bin/yolo-prune info cfg/yolov3-tiny.cfg --size 416
+
+lint: setup
+	$(VENV)/bin/ruff check yolo_prune tests scripts
