@@ -1,0 +1,118 @@
+"""``Darknet``: an ``nn.Module`` built from a Darknet cfg."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from yolo_prune.darknet.cfg import Section, format_cfg, load_cfg, parse_cfg
+from yolo_prune.darknet.graph import NetGraph, build_graph
+from yolo_prune.darknet.layers import YoloLayer, build_layer
+
+
+class Darknet(nn.Module):
+    """A Darknet network (detector or classifier) as a PyTorch module.
+
+    Build one with :meth:`from_cfg`. ``model.layers[i]`` is Darknet's layer ``i``; parameter
+    names are ``layers.<i>.conv.weight``, ``layers.<i>.bn.weight``, ``layers.<i>.fc.weight``.
+
+    Forward, eval mode: ``x`` float ``[B, C, H, W]`` (RGB in [0, 1] for the YOLO family) ->
+    for a detector, ``[B, N, 5 + classes]`` (centre x, centre y, width, height in input pixels,
+    objectness, class probabilities) concatenated over the ``[yolo]`` layers; for a classifier,
+    the last layer's output flattened to ``[B, K]``. Training mode: a detector returns the list
+    of raw ``[B, A, H, W, 5 + classes]`` head tensors, one per ``[yolo]`` layer; a classifier
+    returns logits (``[softmax]`` passes them through).
+    """
+
+    def __init__(self, sections: list[Section], *, size: int | tuple[int, int] | None = None):
+        super().__init__()
+        self.sections = sections
+        self.graph: NetGraph = build_graph(sections, size=size)
+        hw = self.graph.input_shape[1:]
+        self.layers = nn.ModuleList(build_layer(spec, hw) for spec in self.graph.layers)
+        self.sources = [spec.sources for spec in self.graph.layers]
+        # Which outputs must be kept while running forward: those read by a later layer other
+        # than through the implicit "previous layer" path.
+        keep = set()
+        for i, srcs in enumerate(self.sources):
+            keep.update(s for s in srcs if s != i - 1)
+        self._keep = keep
+        self.yolo_indices = [i for i, m in enumerate(self.layers) if isinstance(m, YoloLayer)]
+        # Darknet .weights header (major, minor, revision, seen); replaced by load_weights.
+        self.header = (0, 2, 5, 0)
+
+    @classmethod
+    def from_cfg(cls, path: str | Path, *, size: int | tuple[int, int] | None = None) -> Darknet:
+        """Build the network a cfg file describes (``size`` overrides its input size)."""
+        return cls(load_cfg(path), size=size)
+
+    @classmethod
+    def from_cfg_text(cls, text: str, *, size: int | tuple[int, int] | None = None) -> Darknet:
+        return cls(parse_cfg(text), size=size)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) the model was built for."""
+        return self.graph.input_shape
+
+    @property
+    def is_detector(self) -> bool:
+        return bool(self.yolo_indices)
+
+    def cfg_text(self) -> str:
+        return format_cfg(self.sections)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        saved: dict[int, torch.Tensor] = {}
+        heads: list[torch.Tensor] = []
+        prev = x
+        for i, (layer, srcs) in enumerate(zip(self.layers, self.sources)):
+            inputs = [prev if s == i - 1 else saved[s] for s in srcs] if srcs else [x]
+            out = layer(inputs)
+            if i in self._keep:
+                saved[i] = out
+            if isinstance(layer, YoloLayer):
+                heads.append(out)
+                # No layer of the family reads a [yolo] output; keep the head's input as the
+                # layer's output so the channel bookkeeping of any later reference holds.
+                out = inputs[0]
+                if i in self._keep:
+                    saved[i] = out
+            prev = out
+        if heads:
+            return heads if self.training else torch.cat(heads, dim=1)
+        return prev.flatten(1)
+
+    # --- weights io -------------------------------------------------------------------------
+
+    def load_weights(self, path: str | Path) -> None:
+        """Fill the model from a Darknet ``.weights`` file (header kept for saving)."""
+        from yolo_prune.darknet.weights import load_darknet_weights
+
+        load_darknet_weights(self, path)
+
+    def save_weights(self, path: str | Path) -> None:
+        """Write the model as a Darknet ``.weights`` file, atomically."""
+        from yolo_prune.darknet.weights import save_darknet_weights
+
+        save_darknet_weights(self, path)
+
+    # --- what the pruning engine may ask (optional protocol; see yolo_prune.prune) -----------
+
+    def prune_ignore(self) -> list[str]:
+        """Parameter names that pruning must leave dense.
+
+        For a detector, the layer feeding each ``[yolo]`` (its outputs are box coordinates and
+        class scores, fixed by the anchors and classes); for a classifier, the last layer with
+        weights (its outputs are the classes).
+        """
+        if self.yolo_indices:
+            owners = {self.sources[i][0] for i in self.yolo_indices}
+        else:
+            weighted = [i for i, m in enumerate(self.layers) if any(True for _ in m.parameters())]
+            owners = {weighted[-1]} if weighted else set()
+        return [
+            f"layers.{i}.{name}" for i in sorted(owners) for name, _ in self.layers[i].named_parameters()
+        ]
