@@ -19,7 +19,8 @@ test-all: setup
 	$(PY) -m pytest -q -m 'not gpu'
 
 demo: setup
-	$(VENV)/bin/yolo-prune info cfg/yolov3-tiny.cfg --size 416
+	$(VENV)/bin/yolo-prune info cfg/yolov3-tiny.cfg --size 416 \
+		--weights $(SHARED)/weights/yolov3-tiny.weights
 
 lint: setup
 	$(VENV)/bin/ruff check yolo_prune tests scripts

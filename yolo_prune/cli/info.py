@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from yolo_prune.darknet import build_graph, load_cfg
+from yolo_prune.darknet import Darknet, build_graph, load_cfg
 from yolo_prune.darknet.graph import LayerSpec
 
 
@@ -13,6 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="layer table, parameters and BFLOPs of a Darknet cfg")
     p.add_argument("cfg", help="Darknet .cfg file")
     p.add_argument("--size", type=int, help="input side in pixels (default: the cfg's)")
+    p.add_argument("--weights", help="also load these .weights and check that they fit the cfg")
     p.add_argument("--json", action="store_true", help='print {"params": ..., "bflops": ...}')
     p.set_defaults(func=run)
 
@@ -40,9 +41,16 @@ def _shape(s: tuple[int, int, int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    graph = build_graph(load_cfg(args.cfg), size=args.size)
+    sections = load_cfg(args.cfg)
+    graph = build_graph(sections, size=args.size)
+    summary: dict = {"params": graph.params, "bflops": round(graph.bflops, 6)}
+    if args.weights:
+        model = Darknet(sections, size=args.size)
+        model.load_weights(args.weights)
+        nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+        summary.update(weights=str(args.weights), header=list(model.header), nonzero_params=nonzero)
     if args.json:
-        print(json.dumps({"params": graph.params, "bflops": round(graph.bflops, 6)}))
+        print(json.dumps(summary))
         return 0
     header = f"{'layer':>5}  {'type':<14} {'filters':>7}  {'size/stride':<12} {'input':>14} -> {'output':<14} {'params':>11} {'BFLOPs':>8}"
     print(header)
@@ -58,4 +66,8 @@ def run(args: argparse.Namespace) -> int:
     c, h, w = graph.input_shape
     print(f"input {w}x{h}x{c}: {len(graph.layers)} layers, {graph.params:,} parameters, "
           f"{graph.bflops:.3f} BFLOPs")  # fmt: skip
+    if args.weights:
+        major, minor, revision, seen = summary["header"]
+        print(f"weights {args.weights}: version {major}.{minor}.{revision}, seen {seen:,} images, "
+              f"{summary['nonzero_params']:,} non-zero parameters; they fit the cfg")  # fmt: skip
     return 0

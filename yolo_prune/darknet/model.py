@@ -42,6 +42,7 @@ class Darknet(nn.Module):
         self.yolo_indices = [i for i, m in enumerate(self.layers) if isinstance(m, YoloLayer)]
         # Darknet .weights header (major, minor, revision, seen); replaced by load_weights.
         self.header = (0, 2, 5, 0)
+        self.fused = False  # set by fuse_(); a fused model no longer has Darknet's layout
 
     @classmethod
     def from_cfg(cls, path: str | Path, *, size: int | tuple[int, int] | None = None) -> Darknet:
@@ -84,6 +85,31 @@ class Darknet(nn.Module):
         if heads:
             return heads if self.training else torch.cat(heads, dim=1)
         return prev.flatten(1)
+
+    def fuse_(self) -> Darknet:
+        """Fold every batch norm into the convolution or connected layer before it, in place.
+
+        For inference only: the fused model computes the same outputs (to float rounding) with
+        one op less per layer, but it has no BN statistics left to train or to save as
+        ``.weights`` (saving a fused model raises).
+        """
+        with torch.no_grad():
+            for layer in self.layers:
+                bn = getattr(layer, "bn", None)
+                lin = getattr(layer, "conv", None) or getattr(layer, "fc", None)
+                if bn is None or lin is None:
+                    continue
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                shape = (-1,) + (1,) * (lin.weight.dim() - 1)
+                fused = nn.Parameter(lin.weight * scale.view(shape))
+                bias = bn.bias - bn.running_mean * scale
+                if lin.bias is not None:
+                    bias = bias + lin.bias * scale
+                lin.weight = fused
+                lin.bias = nn.Parameter(bias)
+                layer.bn = None
+        self.fused = True
+        return self
 
     # --- weights io -------------------------------------------------------------------------
 

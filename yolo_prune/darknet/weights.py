@@ -111,6 +111,12 @@ def load_darknet_weights(model: nn.Module, path: str | Path) -> None:
 
 def save_darknet_weights(model: nn.Module, path: str | Path) -> None:
     """Write ``model`` as a Darknet ``.weights`` file (atomically) with ``model.header``."""
+    if getattr(model, "fused", False):
+        raise WeightsError(
+            "this model had its batch norms folded (fuse_) for inference; save the model "
+            "before fusing",
+            path=path,
+        )
     major, minor, revision, seen = getattr(model, "header", (0, 2, 5, 0))
     if major * 10 + minor >= 2:
         head = struct.pack("<3iQ", major, minor, revision, seen)
