@@ -112,3 +112,22 @@ def test_fuse_keeps_outputs_and_refuses_to_save(repo_cfg, tmp_path, randomize):
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-3)
     with pytest.raises(WeightsError, match="folded"):
         model.save_weights(tmp_path / "f.weights")
+
+
+@pytest.mark.parametrize("from_channels", [2, 6])
+def test_shortcut_of_unequal_widths_adds_the_common_channels(from_channels):
+    """yolov3-tiny-prn, enet and csresnext50 add layers of different widths: Darknet adds
+    channel k where both exist and keeps the previous layer's width."""
+    model = Darknet.from_cfg_text(
+        NET + f"[convolutional]\nfilters={from_channels}\nsize=1\nactivation=linear\n"
+        "[convolutional]\nfilters=4\nsize=1\nactivation=linear\n[shortcut]\nfrom=-2\nactivation=linear\n"
+    ).eval()
+    x = torch.randn(1, 2, 4, 4)
+    with torch.no_grad():
+        a = model.layers[0]([x])
+        b = model.layers[1]([a])
+        out = model(x).view(1, 4, 4, 4)
+    k = min(4, from_channels)
+    expected = b.clone()
+    expected[:, :k] += a[:, :k]
+    torch.testing.assert_close(out, expected)

@@ -221,12 +221,17 @@ def _build_layer(sec: Section, index: int, prev: Shape, layers: list[LayerSpec])
                 )
             spec.out_shape = (fc, fh, fw)
         else:
+            # Darknet's shortcut checks only height and width: with other channel counts,
+            # channel k of a `from` layer is added where k < the previous layer's channels.
             for ref in refs:
-                if layers[ref].out_shape != prev:
+                same = layers[ref].out_shape[1:] == prev[1:] if kind == "shortcut" else \
+                    layers[ref].out_shape == prev  # fmt: skip
+                if not same:
+                    what = "height and width" if kind == "shortcut" else "channels, height and width"
                     raise sec.error(
                         f"[{kind}] from={sec.options['from'].raw} combines layer {ref} "
                         f"{layers[ref].out_shape} with layer {index - 1} {prev}; both must have "
-                        "the same channels, height and width",
+                        f"the same {what}",
                         "from",
                     )
             if kind == "sam" and len(refs) != 1:

@@ -117,6 +117,9 @@ class RouteLayer(nn.Module):
 class ShortcutLayer(nn.Module):
     """``[shortcut]``: sum of the previous layer and ``from`` layers, optionally weighted.
 
+    The output has the previous layer's channels; a ``from`` layer with other channels adds
+    its channel k to output channel k where both exist (Darknet's shortcut_multilayer).
+
     With ``weights_type`` per_feature (one weight per input) or per_channel (one per input and
     channel), the inputs are scaled first, the weights normalised by relu (w / (eps + sum)) or
     softmax as ``weights_normalization`` says, as Darknet's shortcut_multilayer does.
@@ -136,21 +139,25 @@ class ShortcutLayer(nn.Module):
         self.act = build_activation(sec["activation"])
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        if self.weight is None:
-            out = inputs[0]
-            for x in inputs[1:]:
-                out = out + x
-            return self.act(out)
         w = self.weight
-        if self.normalization == "relu":
-            w = F.relu(w)
-            w = w / (1e-4 + w.sum(dim=0, keepdim=True))
-        elif self.normalization == "softmax":
-            e = torch.exp(w - w.max(dim=0, keepdim=True).values)
-            w = e / (1e-4 + e.sum(dim=0, keepdim=True))
-        out = 0
-        for i, x in enumerate(inputs):
-            out = out + x * w[i].view(1, -1, 1, 1)
+        if w is not None:
+            if self.normalization == "relu":
+                w = F.relu(w)
+                w = w / (1e-4 + w.sum(dim=0, keepdim=True))
+            elif self.normalization == "softmax":
+                e = torch.exp(w - w.max(dim=0, keepdim=True).values)
+                w = e / (1e-4 + e.sum(dim=0, keepdim=True))
+        out = inputs[0] if w is None else inputs[0] * w[0].view(1, -1, 1, 1)
+        c = out.shape[1]
+        for i, x in enumerate(inputs[1:], start=1):
+            x = x[:, :c]  # a wider `from` layer: its extra channels are not used
+            k = x.shape[1]
+            if w is not None:
+                x = x * (w[i, :k].view(1, -1, 1, 1) if w.shape[1] > 1 else w[i])
+            if k == c:
+                out = out + x
+            else:  # a narrower one is added to the first k channels only
+                out = torch.cat((out[:, :k] + x, out[:, k:]), dim=1)
         return self.act(out)
 
 
