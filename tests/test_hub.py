@@ -37,8 +37,11 @@ def test_download_verifies_and_reuses(tmp_path):
 
 @pytest.mark.parametrize(
     ("size", "sha", "match"),
-    [(None, "0" * 64, r"sha256 .* does not match the manifest's 0000"), (6999, None, r"more than the expected 6,999 bytes"),
-     (7001, None, r"got 7,000 bytes, expected 7,001")],  # fmt: skip
+    [
+        (None, "0" * 64, r"sha256 .* does not match the manifest's 0000"),
+        (6999, None, r"more than the expected 6,999 bytes"),
+        (7001, None, r"got 7,000 bytes, expected 7,001"),
+    ],  # fmt: skip
 )
 def test_download_refuses_a_mismatch_and_leaves_nothing(tmp_path, size, sha, match):
     src = tmp_path / "src.bin"
@@ -52,5 +55,7 @@ def test_download_refuses_a_mismatch_and_leaves_nothing(tmp_path, size, sha, mat
 def test_unknown_name_lists_choices():
     from yolo_prune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"unknown weights 'yolov5'; choose one of: yolov3, yolov3-tiny"):
+    with pytest.raises(
+        ConfigError, match=r"unknown weights 'yolov5'; choose one of: yolov3, yolov3-tiny"
+    ):
         download("yolov5", manifest=load_manifest())

@@ -97,17 +97,23 @@ def download(
     received = 0
     try:
         with urllib.request.urlopen(entry.url, timeout=60) as resp, atomic_open(dest) as out:
-            bar = tqdm(total=entry.bytes, unit="B", unit_scale=True, desc=entry.file, disable=not progress)
+            bar = tqdm(
+                total=entry.bytes, unit="B", unit_scale=True, desc=entry.file, disable=not progress
+            )
             while block := resp.read(1 << 20):
                 received += len(block)
                 if received > entry.bytes:
-                    raise DownloadError(f"{entry.url}: more than the expected {entry.bytes:,} bytes")
+                    raise DownloadError(
+                        f"{entry.url}: more than the expected {entry.bytes:,} bytes"
+                    )
                 digest.update(block)
                 out.write(block)
                 bar.update(len(block))
             bar.close()
             if received != entry.bytes:
-                raise DownloadError(f"{entry.url}: got {received:,} bytes, expected {entry.bytes:,}")
+                raise DownloadError(
+                    f"{entry.url}: got {received:,} bytes, expected {entry.bytes:,}"
+                )
             if digest.hexdigest() != entry.sha256:
                 raise DownloadError(
                     f"{entry.url}: sha256 {digest.hexdigest()} does not match the manifest's "

@@ -13,7 +13,9 @@ FAMILY = ["yolov4.cfg", "yolov4-tiny.cfg", "yolov3.cfg", "yolov3-tiny.cfg", "yol
 
 
 def test_defaults_and_whitespace():
-    secs = parse_cfg(NET + "[conv]\nfilters = 8\n layers=x\nsize=3 # a comment\n[maxpool]\nstride=2\n")
+    secs = parse_cfg(
+        NET + "[conv]\nfilters = 8\n layers=x\nsize=3 # a comment\n[maxpool]\nstride=2\n"
+    )
     conv, pool = secs[1], secs[2]
     assert conv.kind == "convolutional" and conv.name == "conv"
     assert conv["filters"] == 8 and conv["size"] == 3
@@ -27,7 +29,7 @@ def test_writer_round_trips_every_value(name, repo_cfg):
     original = load_cfg(repo_cfg / name)
     again = parse_cfg(format_cfg(original))
     assert [s.kind for s in again] == [s.kind for s in original]
-    for a, b in zip(original, again):
+    for a, b in zip(original, again, strict=True):
         assert list(a.options) == list(b.options)
         for key in a.options:
             assert b.options[key].raw == a.options[key].raw
@@ -47,11 +49,20 @@ def test_written_cfg_builds_the_same_network(repo_cfg, tmp_path):
     ("text", "match"),
     [
         ("", r"no sections found"),
-        ("[convolutional]\nfilters=8\n", r":1: the first section is \[convolutional\], expected \[net\]"),
+        (
+            "[convolutional]\nfilters=8\n",
+            r":1: the first section is \[convolutional\], expected \[net\]",
+        ),
         ("filters=8\n", r":1: option 'filters=8' before the first section"),
         (NET + "[convolution]\n", r":5: unknown section \[convolution\]; supported:"),
-        (NET + "[convolutional]\nfilters=eight\n", r":6: \[convolutional\] filters=eight: expected an integer"),
-        (NET + "[convolutional]\nactivation=leakyy\n", r":6: .*activation=leakyy: expected one of linear, leaky"),
+        (
+            NET + "[convolutional]\nfilters=eight\n",
+            r":6: \[convolutional\] filters=eight: expected an integer",
+        ),
+        (
+            NET + "[convolutional]\nactivation=leakyy\n",
+            r":6: .*activation=leakyy: expected one of linear, leaky",
+        ),
         (NET + "[yolo]\nscale_x_y=1.2.3\n", r":6: \[yolo\] scale_x_y=1.2.3: expected a number"),
         (NET + "[yolo]\nmask=0,,1\n", r":6: \[yolo\] mask=0,,1: expected a comma-separated list"),
         (NET + "[convolutional]\nfilters\n", r":6: expected key=value, found 'filters'"),

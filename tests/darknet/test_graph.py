@@ -32,8 +32,12 @@ def test_param_count_equals_torch(name, repo_cfg):
 
 
 def test_shapes_follow_darknet_rules():
-    text = NET + CONV.format(f=8) + "[maxpool]\nsize=2\nstride=2\n" + "[maxpool]\nsize=2\nstride=1\n"
-    text += "[route]\nlayers=-1,-2\n[route]\nlayers=-1\ngroups=2\ngroup_id=1\n[upsample]\nstride=2\n"
+    text = (
+        NET + CONV.format(f=8) + "[maxpool]\nsize=2\nstride=2\n" + "[maxpool]\nsize=2\nstride=1\n"
+    )
+    text += (
+        "[route]\nlayers=-1,-2\n[route]\nlayers=-1\ngroups=2\ngroup_id=1\n[upsample]\nstride=2\n"
+    )
     g = build_graph(parse_cfg(text))
     assert [layer.out_shape for layer in g.layers] == [
         (8, 32, 32), (8, 16, 16), (8, 16, 16), (16, 16, 16), (8, 16, 16), (8, 32, 32),
@@ -52,19 +56,46 @@ def test_input_size_override():
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        ("[route]\nlayers=-1,5\n", r"bad.cfg:12: \[route\] layers=-1,5 refers to layer 5, but this is layer 1; a route can only refer to earlier layers"),
+        (
+            "[route]\nlayers=-1,5\n",
+            r"bad.cfg:12: \[route\] layers=-1,5 refers to layer 5, but this is layer 1; a route can only refer to earlier layers",
+        ),
         ("[route]\nlayers=-3\n", r"refers to layer -3, which is before the first layer"),
         ("[shortcut]\nfrom=1\n", r"\[shortcut\] from=1 refers to itself"),
         ("[route]\n", r"\[route\] needs layers="),
-        ("[maxpool]\nsize=2\nstride=2\n[shortcut]\nfrom=-2\n", r"combines layer 0 \(8, 32, 32\) with layer 1 \(8, 16, 16\); both must have the same height and width"),
-        ("[convolutional]\nfilters=4\nsize=1\n[sam]\nfrom=-2\n", r"\[sam\] from=-2 combines layer 0 \(8, 32, 32\) with layer 1 \(4, 32, 32\); both must have the same channels"),
+        (
+            "[maxpool]\nsize=2\nstride=2\n[shortcut]\nfrom=-2\n",
+            r"combines layer 0 \(8, 32, 32\) with layer 1 \(8, 16, 16\); both must have the same height and width",
+        ),
+        (
+            "[convolutional]\nfilters=4\nsize=1\n[sam]\nfrom=-2\n",
+            r"\[sam\] from=-2 combines layer 0 \(8, 32, 32\) with layer 1 \(4, 32, 32\); both must have the same channels",
+        ),
         ("[convolutional]\nfilters=-3\nsize=1\n", r"filters=-3: must be > 0"),
-        ("[convolutional]\nfilters=6\ngroups=4\nsize=1\n", r"groups=4 must divide both the input channels \(8\) and filters \(6\)"),
-        ("[convolutional]\nfilters=18\nsize=1\n[yolo]\nmask=0,1,5\nanchors=1,2,3,4,5,6\nnum=3\nclasses=1\n", r"mask=0,1,5 uses anchor 5, but num=3"),
-        ("[convolutional]\nfilters=20\nsize=1\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nnum=3\nclasses=1\n", r"\[yolo\] gets 20 channels but 3 anchors x \(5 \+ classes=1\) = 18; set filters=18"),
-        ("[convolutional]\nfilters=18\nsize=1\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4\nnum=3\nclasses=1\n", r"num=3 needs 6 anchor values"),
-        ("[convolutional]\nfilters=4\nsize=5\n" * 8, r"would output shape \(4, 0, 0\) from input \(4, 4, 4\); the input is too small"),
-        ("[convolutional]\nfilters=4\nsize=1\nantialiasing=1\n", r"antialiasing=1 is not supported"),
+        (
+            "[convolutional]\nfilters=6\ngroups=4\nsize=1\n",
+            r"groups=4 must divide both the input channels \(8\) and filters \(6\)",
+        ),
+        (
+            "[convolutional]\nfilters=18\nsize=1\n[yolo]\nmask=0,1,5\nanchors=1,2,3,4,5,6\nnum=3\nclasses=1\n",
+            r"mask=0,1,5 uses anchor 5, but num=3",
+        ),
+        (
+            "[convolutional]\nfilters=20\nsize=1\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nnum=3\nclasses=1\n",
+            r"\[yolo\] gets 20 channels but 3 anchors x \(5 \+ classes=1\) = 18; set filters=18",
+        ),
+        (
+            "[convolutional]\nfilters=18\nsize=1\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4\nnum=3\nclasses=1\n",
+            r"num=3 needs 6 anchor values",
+        ),
+        (
+            "[convolutional]\nfilters=4\nsize=5\n" * 8,
+            r"would output shape \(4, 0, 0\) from input \(4, 4, 4\); the input is too small",
+        ),
+        (
+            "[convolutional]\nfilters=4\nsize=1\nantialiasing=1\n",
+            r"antialiasing=1 is not supported",
+        ),
     ],
 )
 def test_graph_errors_name_layer_and_fix(body, match, tmp_path):
@@ -79,5 +110,7 @@ def test_prune_ignore_names_heads_and_classifier_output(repo_cfg):
     ignored = det.prune_ignore()
     assert ignored == ["layers.15.conv.weight", "layers.15.conv.bias",
                        "layers.22.conv.weight", "layers.22.conv.bias"]  # fmt: skip
-    cls = Darknet.from_cfg_text(NET + CONV.format(f=4) + "[connected]\noutput=10\nactivation=linear\n[softmax]\n")
+    cls = Darknet.from_cfg_text(
+        NET + CONV.format(f=4) + "[connected]\noutput=10\nactivation=linear\n[softmax]\n"
+    )
     assert cls.prune_ignore() == ["layers.1.fc.weight", "layers.1.fc.bias"]

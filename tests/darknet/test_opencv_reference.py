@@ -58,7 +58,10 @@ def test_comparison_catches_a_small_bug(repo_cfg, tmp_path, randomize, reference
 
 @pytest.mark.parametrize(
     ("cfg_name", "weights_name"),
-    [("yolov3-tiny.cfg", "yolov3-tiny.weights"), ("yolo-fastest-1.1-xl.cfg", "yolo-fastest-1.1-xl.weights")],
+    [
+        ("yolov3-tiny.cfg", "yolov3-tiny.weights"),
+        ("yolo-fastest-1.1-xl.cfg", "yolo-fastest-1.1-xl.weights"),
+    ],
 )
 def test_real_weights_match_opencv(cfg_name, weights_name, shared_data, reference):
     import cv2
@@ -79,7 +82,10 @@ def test_real_weights_match_opencv(cfg_name, weights_name, shared_data, referenc
     mask = ref[:, 5:] > 0
     ours_scores = ours[:, 4:5] * ours[:, 5:]
     torch.testing.assert_close(
-        torch.from_numpy(ours_scores[mask]), torch.from_numpy(ref[:, 5:][mask]), rtol=1e-3, atol=1e-5
+        torch.from_numpy(ours_scores[mask]),
+        torch.from_numpy(ref[:, 5:][mask]),
+        rtol=1e-3,
+        atol=1e-5,
     )
 
 

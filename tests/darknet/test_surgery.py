@@ -16,7 +16,12 @@ from yolo_prune.errors import PruneError
 
 @pytest.mark.parametrize(
     ("name", "size"),
-    [("yolov4.cfg", 256), ("yolov4-tiny.cfg", 416), ("yolov3.cfg", 256), ("yolo-fastest-1.1-xl.cfg", 320)],
+    [
+        ("yolov4.cfg", 256),
+        ("yolov4-tiny.cfg", 416),
+        ("yolov3.cfg", 256),
+        ("yolo-fastest-1.1-xl.cfg", 320),
+    ],
 )
 def test_masked_and_shrunk_models_agree(name, size, repo_cfg, randomize):
     model = randomize(Darknet.from_cfg(repo_cfg / name, size=size))
@@ -84,7 +89,9 @@ def test_protected_groups_are_refused_with_the_reason(repo_cfg):
     cmap = build_channel_map(model.graph)
     head = next(g for g in cmap.groups if (15, 0) in g.producers)
     assert not head.prunable
-    with pytest.raises(PruneError, match=r"channel 0 of layer 15 cannot be pruned: it feeds the \[yolo\] layer 16"):
+    with pytest.raises(
+        PruneError, match=r"channel 0 of layer 15 cannot be pruned: it feeds the \[yolo\] layer 16"
+    ):
         shrink(model, {head.id}, cmap)
 
 

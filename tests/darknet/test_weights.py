@@ -13,7 +13,10 @@ from yolo_prune.errors import WeightsError
 
 @pytest.mark.parametrize(
     ("cfg", "weights"),
-    [("yolov3-tiny.cfg", "yolov3-tiny.weights"), ("yolo-fastest-1.1-xl.cfg", "yolo-fastest-1.1-xl.weights")],
+    [
+        ("yolov3-tiny.cfg", "yolov3-tiny.weights"),
+        ("yolo-fastest-1.1-xl.cfg", "yolo-fastest-1.1-xl.weights"),
+    ],
 )
 def test_real_weights_round_trip_byte_for_byte(cfg, weights, shared_data, tmp_path):
     src = shared_data / "weights" / weights
@@ -25,7 +28,9 @@ def test_real_weights_round_trip_byte_for_byte(cfg, weights, shared_data, tmp_pa
 
 
 def test_old_header_with_32_bit_seen_round_trips(tmp_path):
-    model = Darknet.from_cfg_text("[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=2\nsize=1\n")
+    model = Darknet.from_cfg_text(
+        "[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=2\nsize=1\n"
+    )
     floats = torch.arange(2 + 6, dtype=torch.float32)
     src = tmp_path / "old.weights"
     src.write_bytes(struct.pack("<3iI", 0, 1, 0, 12345) + floats.numpy().tobytes())
@@ -56,15 +61,23 @@ def test_file_order_bn_then_weights(tmp_path):
 
 @pytest.fixture()
 def tiny_weights(shared_data, tmp_path):
-    return shared_data / "cfg" / "yolov3-tiny.cfg", (shared_data / "weights" / "yolov3-tiny.weights").read_bytes()
+    return shared_data / "cfg" / "yolov3-tiny.cfg", (
+        shared_data / "weights" / "yolov3-tiny.weights"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
         (lambda b: b[:-4], r"1 float too few for the network \(8,858,733 of 8,858,734\)"),
-        (lambda b: b + b"\0" * 4096, r"1,024 floats left after filling the network; the cfg and the weights do not match \(check classes="),
-        (lambda b: b[:-1], r"35434935 bytes after the header is not a whole number of float32 values"),
+        (
+            lambda b: b + b"\0" * 4096,
+            r"1,024 floats left after filling the network; the cfg and the weights do not match \(check classes=",
+        ),
+        (
+            lambda b: b[:-1],
+            r"35434935 bytes after the header is not a whole number of float32 values",
+        ),
         (lambda b: b[:20], r"8,858,734 floats too few for the network \(0 of 8,858,734\)"),
         (lambda b: b"", r"0 bytes is shorter than a Darknet header"),
         (lambda b: b[:10], r"10 bytes is shorter than a Darknet header"),
@@ -82,14 +95,18 @@ def test_bad_weights_files(mutate, match, tiny_weights, tmp_path):
 
 
 def test_missing_weights_file(tmp_path):
-    model = Darknet.from_cfg_text("[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=2\nsize=1\n")
+    model = Darknet.from_cfg_text(
+        "[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=2\nsize=1\n"
+    )
     with pytest.raises(WeightsError, match=r"nope.weights: no such weights file"):
         model.load_weights(tmp_path / "nope.weights")
 
 
 def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     """A write that fails half way leaves the previous file untouched and no temp file."""
-    model = Darknet.from_cfg_text("[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=2\nsize=1\n")
+    model = Darknet.from_cfg_text(
+        "[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=2\nsize=1\n"
+    )
     out = tmp_path / "m.weights"
     model.save_weights(out)
     before = out.read_bytes()

@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    header = f"{'layer':>5}  {'type':<14} {'filters':>7}  {'size/stride':<12} {'input':>14} -> {'output':<14} {'params':>11} {'BFLOPs':>8}"
+    header = (
+        f"{'layer':>5}  {'type':<14} {'filters':>7}  {'size/stride':<12} {'input':>14} -> "
+        f"{'output':<14} {'params':>11} {'BFLOPs':>8}"
+    )
     print(header)
     print("-" * len(header))
     for layer in graph.layers:

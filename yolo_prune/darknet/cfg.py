@@ -57,7 +57,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "ema_alpha": (FLOAT, 0.0), "label_smooth_eps": (FLOAT, 0.0), "resize_step": (INT, 32),
         "min_crop": (INT, 0), "max_crop": (INT, 0), "track": (INT, 0), "time_steps": (INT, 1),
         "inputs": (INT, 0), "max_chart_loss": (FLOAT, 20.0), "track_history_size": (INT, 5),
-        "sequential_subdivisions": (INT, 0), "try_fix_nan": (INT, 0), "weights_reject_freq": (INT, 0),
+        "sequential_subdivisions": (INT, 0), "try_fix_nan": (INT, 0),
+        "weights_reject_freq": (INT, 0),
         "equidistant_point": (INT, 0), "num_sigmas_reject_badlabels": (FLOAT, 0.0),
         "badlabels_rejection_percentage": (FLOAT, 0.0), "random": (FLOAT, 0.0),
         "loss_scale": (FLOAT, 1.0), "dynamic_minibatch": (INT, 0), "optimized_memory": (INT, 0),
@@ -98,7 +99,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "delta_normalizer": (FLOAT, 1.0), "iou_loss": (STR, "mse"),
         "iou_thresh_kind": (STR, "iou"), "nms_kind": (STR, "default"), "beta_nms": (FLOAT, 0.6),
         "max_delta": (FLOAT, 3.4e38), "new_coords": (INT, 0), "focal_loss": (INT, 0),
-        "label_smooth_eps": (FLOAT, 0.0), "objectness_smooth": (INT, 0), "counters_per_class": (INTS, None),
+        "label_smooth_eps": (FLOAT, 0.0), "objectness_smooth": (INT, 0),
+        "counters_per_class": (INTS, None),
         "map": (STR, None), "track_history_size": (INT, 5), "sim_thresh": (FLOAT, 0.8),
         "dets_for_track": (INT, 1), "dets_for_show": (INT, 1), "track_ciou_norm": (FLOAT, 0.01),
         "embedding_layer": (INT, 999999),
@@ -254,8 +256,7 @@ def parse_cfg(text: str, *, path: str | Path | None = None) -> list[Section]:
             kind = SECTION_ALIASES.get(name.lower())
             if kind is None:
                 raise CfgError(
-                    f"unknown section [{name}]; supported: "
-                    + ", ".join(f"[{k}]" for k in SCHEMA),
+                    f"unknown section [{name}]; supported: " + ", ".join(f"[{k}]" for k in SCHEMA),
                     path=src,
                     line=lineno,
                 )
@@ -313,7 +314,9 @@ def load_cfg(path: str | Path) -> list[Section]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise CfgError("is not UTF-8 text; save the cfg as plain ASCII", path=p, line=line) from None
+        raise CfgError(
+            "is not UTF-8 text; save the cfg as plain ASCII", path=p, line=line
+        ) from None
     return parse_cfg(text, path=p)
 
 

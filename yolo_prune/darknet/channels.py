@@ -97,7 +97,7 @@ def build_channel_map(graph: NetGraph) -> ChannelMap:
             producers.extend((node, layer.index, k) for k, node in enumerate(out))
             groups = layer.extra.get("groups", 1) if kind == "convolutional" else 1
             if groups > 1 and groups == len(prev) == n_out:  # depthwise: out k reads in k only
-                for a, b in zip(prev, out):
+                for a, b in zip(prev, out, strict=True):
                     uf.union(a, b)
             elif groups > 1:
                 for n in (*prev, *out):
@@ -113,16 +113,18 @@ def build_channel_map(graph: NetGraph) -> ChannelMap:
                 size = len(ids) // g
                 chunks = [ids[i * size : (i + 1) * size] for i in range(g)]
                 for chunk in chunks[1:]:
-                    for a, b in zip(chunks[0], chunk):
+                    for a, b in zip(chunks[0], chunk, strict=True):
                         uf.union(a, b)
                 out.extend(chunks[gid])
         elif kind in ("shortcut", "sam"):
             for other in src[1:]:
-                for a, b in zip(prev, other):  # zip stops at the narrower input, as Darknet
+                for a, b in zip(prev, other, strict=False):  # the common channels, as Darknet
                     uf.union(a, b)
                 if len(other) != len(prev):  # unequal widths: keep both widths as they are
                     for n in (*prev, *other):
-                        protected.setdefault(n, f"layer {layer.index} adds layers of different widths")
+                        protected.setdefault(
+                            n, f"layer {layer.index} adds layers of different widths"
+                        )
             out = list(prev)
             if sec["activation"] not in _ZERO_AT_ZERO:
                 for n in out:
@@ -130,7 +132,7 @@ def build_channel_map(graph: NetGraph) -> ChannelMap:
         elif kind == "scale_channels":
             scale, feat = src[0], src[1]
             if not sec["scale_wh"]:
-                for a, b in zip(scale, feat):
+                for a, b in zip(scale, feat, strict=True):
                     uf.union(a, b)
             out = list(feat)
         elif kind == "yolo":

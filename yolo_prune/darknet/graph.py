@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from yolo_prune.darknet.cfg import Section
-from yolo_prune.errors import CfgError
 
 Shape = tuple[int, int, int]  # (channels, height, width)
 
@@ -187,7 +186,7 @@ def _build_layer(sec: Section, index: int, prev: Shape, layers: list[LayerSpec])
         if not 0 <= group_id < groups:
             raise sec.error(f"[route] group_id={group_id}: must be in 0..{groups - 1}", "group_id")
         shapes = [layers[s].out_shape for s in spec.sources]
-        for s, shape in zip(spec.sources, shapes):
+        for s, shape in zip(spec.sources, shapes, strict=True):
             if shape[1:] != shapes[0][1:]:
                 raise sec.error(
                     f"[route] layers={sec.options['layers'].raw} joins layer {spec.sources[0]} "
@@ -227,7 +226,9 @@ def _build_layer(sec: Section, index: int, prev: Shape, layers: list[LayerSpec])
                 same = layers[ref].out_shape[1:] == prev[1:] if kind == "shortcut" else \
                     layers[ref].out_shape == prev  # fmt: skip
                 if not same:
-                    what = "height and width" if kind == "shortcut" else "channels, height and width"
+                    what = (
+                        "height and width" if kind == "shortcut" else "channels, height and width"
+                    )
                     raise sec.error(
                         f"[{kind}] from={sec.options['from'].raw} combines layer {ref} "
                         f"{layers[ref].out_shape} with layer {index - 1} {prev}; both must have "

@@ -263,7 +263,9 @@ class YoloLayer(nn.Module):
         self.scale_x_y = float(sec["scale_x_y"])
         self.new_coords = bool(sec["new_coords"])
         self.input_hw = input_hw  # network input (height, width) in pixels; updated on resize
-        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "anchors", torch.tensor(anchors, dtype=torch.float32), persistent=False
+        )
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         x = inputs[0]

@@ -69,7 +69,7 @@ class Darknet(nn.Module):
         saved: dict[int, torch.Tensor] = {}
         heads: list[torch.Tensor] = []
         prev = x
-        for i, (layer, srcs) in enumerate(zip(self.layers, self.sources)):
+        for i, (layer, srcs) in enumerate(zip(self.layers, self.sources, strict=True)):
             inputs = [prev if s == i - 1 else saved[s] for s in srcs] if srcs else [x]
             out = layer(inputs)
             if i in self._keep:
@@ -140,5 +140,7 @@ class Darknet(nn.Module):
             weighted = [i for i, m in enumerate(self.layers) if any(True for _ in m.parameters())]
             owners = {weighted[-1]} if weighted else set()
         return [
-            f"layers.{i}.{name}" for i in sorted(owners) for name, _ in self.layers[i].named_parameters()
+            f"layers.{i}.{name}"
+            for i in sorted(owners)
+            for name, _ in self.layers[i].named_parameters()
         ]

@@ -33,9 +33,7 @@ def check_prunable(cmap: ChannelMap, pruned: set[int]) -> None:
         grp = cmap.groups[gid]
         if grp.protected:
             layer, ch = grp.producers[0]
-            raise PruneError(
-                f"channel {ch} of layer {layer} cannot be pruned: {grp.protected}"
-            )
+            raise PruneError(f"channel {ch} of layer {layer} cannot be pruned: {grp.protected}")
 
 
 def _linear(layer: torch.nn.Module) -> torch.nn.Module:
@@ -126,7 +124,7 @@ def shrink(model: Darknet, pruned: set[int], cmap: ChannelMap | None = None) -> 
     small = Darknet(sections, size=model.input_shape[1:])
     small.header = model.header
     small.train(model.training)
-    for spec, old, new in zip(model.graph.layers, model.layers, small.layers):
+    for spec, old, new in zip(model.graph.layers, model.layers, small.layers, strict=True):
         out_idx = torch.tensor(keep_out[spec.index], dtype=torch.long)
         if spec.kind in ("convolutional", "connected"):
             lin_old, lin_new = _linear(old), _linear(new)

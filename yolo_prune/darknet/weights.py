@@ -23,7 +23,11 @@ from yolo_prune.utils.io import atomic_open
 
 def layer_tensors(layer: nn.Module) -> list[torch.Tensor]:
     """The tensors of one layer in the order Darknet stores them (empty if it has none)."""
-    conv, fc, bn = getattr(layer, "conv", None), getattr(layer, "fc", None), getattr(layer, "bn", None)
+    conv, fc, bn = (
+        getattr(layer, "conv", None),
+        getattr(layer, "fc", None),
+        getattr(layer, "bn", None),
+    )
     if conv is not None:
         if bn is not None:
             return [bn.bias, bn.weight, bn.running_mean, bn.running_var, conv.weight]
@@ -50,7 +54,7 @@ def _read_header(data: bytes, path: Path) -> tuple[tuple[int, int, int, int], in
             path=path,
         )
     major, minor, revision = struct.unpack_from("<3i", data, 0)
-    if not (0 <= major < 1000 and 0 <= minor < 1000 and 0 <= revision):
+    if not (0 <= major < 1000 and 0 <= minor < 1000 and revision >= 0):
         raise WeightsError(
             f"bad header: version {major}.{minor}.{revision} is not a Darknet weights version; "
             "is this a .weights file (not a .cfg, .pt or .onnx)?",
@@ -125,4 +129,6 @@ def save_darknet_weights(model: nn.Module, path: str | Path) -> None:
     with atomic_open(path) as f:
         f.write(head)
         for t in model_tensors(model):
-            f.write(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
+            f.write(
+                t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
+            )

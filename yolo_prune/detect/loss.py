@@ -122,7 +122,7 @@ class YoloLoss:
         best = shape_iou.argmax(1) if len(targets) else torch.zeros(0, dtype=torch.long)
         parts = {"box": outputs[0].new_zeros(()), "obj": outputs[0].new_zeros(()),
                  "cls": outputs[0].new_zeros(())}  # fmt: skip
-        for raw, head in zip(outputs, self.heads):
+        for raw, head in zip(outputs, self.heads, strict=True):
             box, obj, cls = self._head_loss(raw, head, targets, gt_xyxy, shape_iou, best,
                                             anchors, input_hw)  # fmt: skip
             parts["box"] = parts["box"] + box
@@ -143,8 +143,10 @@ class YoloLoss:
         t_xy, t_wh, t_obj, t_cls = raw[..., :2], raw[..., 2:4], raw[..., 4], raw[..., 5:]
         xy = t_xy if head.new_coords else torch.sigmoid(t_xy)
         xy = xy * head.scale_x_y - 0.5 * (head.scale_x_y - 1.0)
-        gy, gx = torch.meshgrid(torch.arange(h, device=raw.device), torch.arange(w, device=raw.device),
-                                indexing="ij")  # fmt: skip
+        dev = raw.device
+        gy, gx = torch.meshgrid(
+            torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij"
+        )
         grid = torch.stack((gx, gy), -1).to(raw.dtype)
         centre = (xy + grid) * stride
         a_wh = head_anchors.view(1, a, 1, 1, 2).to(raw.dtype)
@@ -152,7 +154,7 @@ class YoloLoss:
         pred = torch.cat((centre, size), -1)  # [B, A, H, W, 4]
 
         # Which truths this head is responsible for, at which anchor and cell.
-        resp = (best.unsqueeze(1) == mask.unsqueeze(0))  # [M, A]
+        resp = best.unsqueeze(1) == mask.unsqueeze(0)  # [M, A]
         if head.iou_thresh < 1.0:
             resp |= shape_iou[:, mask] > head.iou_thresh
         t_idx, a_idx = resp.nonzero(as_tuple=True)
@@ -175,7 +177,9 @@ class YoloLoss:
         obj_target[img, a_idx, row, col] = 1.0
         obj_weight[img, a_idx, row, col] = 1.0
         if head.new_coords:
-            obj_loss = F.binary_cross_entropy(t_obj.clamp(1e-7, 1 - 1e-7), obj_target, reduction="none")
+            obj_loss = F.binary_cross_entropy(
+                t_obj.clamp(1e-7, 1 - 1e-7), obj_target, reduction="none"
+            )
         else:
             obj_loss = F.binary_cross_entropy_with_logits(t_obj, obj_target, reduction="none")
         obj = head.obj_normalizer * (obj_loss * obj_weight).sum()
@@ -210,7 +214,9 @@ class YoloLoss:
             cls_target = cls_target * (1 - eps) + 0.5 * eps
         p_cls = t_cls[img, a_idx, row, col]
         if head.new_coords:
-            cls_loss = F.binary_cross_entropy(p_cls.clamp(1e-7, 1 - 1e-7), cls_target, reduction="sum")
+            cls_loss = F.binary_cross_entropy(
+                p_cls.clamp(1e-7, 1 - 1e-7), cls_target, reduction="sum"
+            )
         else:
             cls_loss = F.binary_cross_entropy_with_logits(p_cls, cls_target, reduction="sum")
         return box, obj, head.cls_normalizer * cls_loss
