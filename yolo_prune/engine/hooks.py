@@ -1,0 +1,151 @@
+"""Hook objects: how anything (pruning, logging, checkpoints) takes part in a training loop.
+
+A :class:`Hook` overrides only the calls it needs. The :class:`~yolo_prune.engine.loop.Trainer`
+calls every hook, in the order given, at these points::
+
+    before_train(state)
+    for each epoch:
+        before_epoch(state)
+        for each batch:
+            before_step(state)
+            loss = hook.loss(state, loss)      # chained: each hook may add terms to the loss
+            loss.backward()
+            after_backward(state)              # gradients are unscaled and may be edited
+            optimizer.step()
+            after_step(state)
+        epoch_end(state)
+    after_train(state)
+
+Hooks receive the one mutable :class:`TrainState`; they may read the model, the optimizer,
+the batch and the loss, write figures into ``state.log`` and set ``state.stop`` to end the run
+early. The loop knows nothing of what a hook does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """What the loop shares with its hooks; one instance lives through a whole ``fit``."""
+
+    model: nn.Module  # the module being trained
+    optimizer: torch.optim.Optimizer  # its optimizer
+    epoch: int = 0  # current epoch, counted from 0 (or from ``start_epoch`` on resume)
+    step: int = 0  # optimizer steps taken so far in this fit, over all epochs
+    epoch_step: int = 0  # steps taken so far in the current epoch
+    epochs: int = 0  # epoch index at which the run ends (exclusive)
+    batch: Any = None  # the current batch, already moved to the device
+    loss: torch.Tensor | None = None  # the current step's total loss (after loss hooks)
+    log: dict[str, float] = field(default_factory=dict)  # figures hooks want reported
+    stop: bool = False  # set by a hook to end the run after the current step
+
+
+class Hook:
+    """Base class of loop hooks; every method does nothing unless overridden."""
+
+    def before_train(self, state: TrainState) -> None:
+        """Called once, before the first epoch."""
+
+    def before_epoch(self, state: TrainState) -> None:
+        """Called at the start of each epoch."""
+
+    def before_step(self, state: TrainState) -> None:
+        """Called before the forward pass of each step (``state.batch`` is set)."""
+
+    def loss(self, state: TrainState, loss: torch.Tensor) -> torch.Tensor:
+        """Return the loss to minimise: ``loss`` itself or ``loss`` plus extra terms."""
+        return loss
+
+    def after_backward(self, state: TrainState) -> None:
+        """Called after ``backward`` and before ``optimizer.step``; gradients may be edited."""
+
+    def after_step(self, state: TrainState) -> None:
+        """Called after ``optimizer.step()``; parameters may be edited in place."""
+
+    def epoch_end(self, state: TrainState) -> None:
+        """Called at the end of each epoch."""
+
+    def after_train(self, state: TrainState) -> None:
+        """Called once after the last epoch (also when a hook stopped the run early)."""
+
+
+class LambdaHook(Hook):
+    """A hook made of plain functions, for one-off needs in scripts and tests.
+
+    Example: ``LambdaHook(epoch_end=lambda s: print(s.epoch, s.log))``.
+    """
+
+    def __init__(
+        self,
+        *,
+        before_train: Callable[[TrainState], None] | None = None,
+        before_epoch: Callable[[TrainState], None] | None = None,
+        before_step: Callable[[TrainState], None] | None = None,
+        loss: Callable[[TrainState, torch.Tensor], torch.Tensor] | None = None,
+        after_backward: Callable[[TrainState], None] | None = None,
+        after_step: Callable[[TrainState], None] | None = None,
+        epoch_end: Callable[[TrainState], None] | None = None,
+        after_train: Callable[[TrainState], None] | None = None,
+    ):
+        given = {
+            "before_train": before_train,
+            "before_epoch": before_epoch,
+            "before_step": before_step,
+            "loss": loss,
+            "after_backward": after_backward,
+            "after_step": after_step,
+            "epoch_end": epoch_end,
+            "after_train": after_train,
+        }
+        for name, fn in given.items():
+            if fn is not None:
+                setattr(self, name, fn)
+
+
+class LRSchedulerHook(Hook):
+    """Step a learning-rate scheduler after every optimizer step or at every epoch end."""
+
+    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler, *, every: str = "epoch"):
+        if every not in ("epoch", "step"):
+            raise ValueError(f"every={every!r}; expected 'epoch' or 'step'")
+        self.scheduler = scheduler
+        self.every = every
+
+    def after_step(self, state: TrainState) -> None:
+        if self.every == "step":
+            self.scheduler.step()
+
+    def epoch_end(self, state: TrainState) -> None:
+        if self.every == "epoch":
+            self.scheduler.step()
+
+
+class LossLogHook(Hook):
+    """Keep the running mean of the training loss in ``state.log['loss']`` and log each epoch."""
+
+    def __init__(self) -> None:
+        self._sum = 0.0
+        self._n = 0
+
+    def before_epoch(self, state: TrainState) -> None:
+        self._sum, self._n = 0.0, 0
+
+    def after_step(self, state: TrainState) -> None:
+        if state.loss is not None:
+            self._sum += float(state.loss.detach())
+            self._n += 1
+            state.log["loss"] = self._sum / self._n
+
+    def epoch_end(self, state: TrainState) -> None:
+        figures = " ".join(f"{k}={v:.4g}" for k, v in state.log.items())
+        logger.info("epoch %d: %s", state.epoch, figures)

@@ -1,0 +1,145 @@
+"""The fit loop: forward, loss, backward, step; everything else arrives as hooks.
+
+The loop is deliberately small. It knows the model, an optimizer, a function that turns a batch
+into a loss, and a list of :class:`~yolo_prune.engine.hooks.Hook` objects. Pruning, logging,
+schedules and (later) checkpoints, EMA or mixed precision reach it only through hooks or by
+subclassing :class:`Trainer` and overriding :meth:`Trainer.run_step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yolo_prune.engine.hooks import Hook, TrainState
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+"""``compute_loss(model, batch) -> scalar loss``; the batch is already on the device."""
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move every tensor inside ``batch`` (nested tuples, lists, dicts) to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device) for v in batch]
+        return type(batch)(moved) if isinstance(batch, list) else tuple(moved)
+    return batch
+
+
+def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Classification loss for ``(images [B, C, H, W], labels [B] int64)`` batches.
+
+    The model must return logits ``[B, K]`` in training mode.
+    """
+    inputs, labels = batch
+    return F.cross_entropy(model(inputs), labels)
+
+
+class Trainer:
+    """Runs epochs of optimizer steps over a loader, calling hooks at fixed points.
+
+    Args:
+        model: the module to train.
+        optimizer: an optimizer over (some of) the model's parameters.
+        compute_loss: ``compute_loss(model, batch) -> scalar loss``.
+        hooks: called in this order at every point (see :mod:`yolo_prune.engine.hooks`).
+        device: where batches are moved before ``compute_loss``.
+        max_steps_per_epoch: cut every epoch short after this many steps (tests, smoke runs).
+        grad_clip: clip the gradient norm to this value after the hooks' ``after_backward``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        compute_loss: LossFn,
+        *,
+        hooks: Sequence[Hook] = (),
+        device: torch.device | str = "cpu",
+        max_steps_per_epoch: int | None = None,
+        grad_clip: float | None = None,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.compute_loss = compute_loss
+        self.hooks = list(hooks)
+        self.device = torch.device(device)
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.grad_clip = grad_clip
+        self.state = TrainState(model=model, optimizer=optimizer)
+
+    def _call(self, point: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, point)(self.state)
+
+    def fit(self, loader: Iterable[Any], *, epochs: int, start_epoch: int = 0) -> TrainState:
+        """Train from ``start_epoch`` up to (not including) ``epochs``; return the final state."""
+        state = self.state
+        state.epoch, state.epochs, state.stop = start_epoch, epochs, False
+        self.model.train()
+        self._call("before_train")
+        for epoch in range(start_epoch, epochs):
+            state.epoch, state.epoch_step = epoch, 0
+            self._call("before_epoch")
+            for batch in loader:
+                state.batch = to_device(batch, self.device)
+                self.run_step()
+                state.step += 1
+                state.epoch_step += 1
+                if state.stop or (
+                    self.max_steps_per_epoch is not None
+                    and state.epoch_step >= self.max_steps_per_epoch
+                ):
+                    break
+            state.batch = None
+            self._call("epoch_end")
+            if state.stop:
+                break
+        self._call("after_train")
+        return state
+
+    def run_step(self) -> None:
+        """One optimizer step on ``self.state.batch``; override for AMP, accumulation, etc."""
+        state = self.state
+        self._call("before_step")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.compute_loss(self.model, state.batch)
+        for hook in self.hooks:
+            loss = hook.loss(state, loss)
+        state.loss = loss.detach()
+        loss.backward()
+        self._call("after_backward")
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self._call("after_step")
+
+
+def fit(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    compute_loss: LossFn = cross_entropy_loss,
+    hooks: Sequence[Hook] = (),
+    device: torch.device | str = "cpu",
+    max_steps_per_epoch: int | None = None,
+) -> TrainState:
+    """Train ``model`` for ``epochs`` epochs with ``hooks``; a shortcut for :class:`Trainer`."""
+    trainer = Trainer(
+        model,
+        optimizer,
+        compute_loss,
+        hooks=hooks,
+        device=device,
+        max_steps_per_epoch=max_steps_per_epoch,
+    )
+    return trainer.fit(loader, epochs=epochs)
