@@ -1,0 +1,267 @@
+"""ADMM pruning (Zhang et al. 2018), with a global-ratio projection and progressive stages.
+
+Pruning as constrained training: minimise ``loss(W)`` subject to ``W`` in the set ``S`` of
+weights that satisfy the sparsity constraint. ADMM splits ``W`` and a copy ``Z in S``:
+
+* W-step: train on ``loss(W) + rho/2 * sum_l ||W_l - Z_l + U_l||^2`` (squared Frobenius norm);
+* Z-step, every ``update_every`` steps (or at each epoch end): ``Z = project(W + U)``;
+* U-step: ``U += W - Z``;
+* start: ``Z0 = project(W0)``, ``U0 = 0``.
+
+The projection is where methods differ: ``global`` (one ratio over all targets, optionally
+with the conservative policy's caps: ours), ``layer`` (a ratio per layer: the layer-wise
+baseline), or a structured one (``filter``/``channel``/``shape``, as in ADAM-ADMM). Any optimizer
+works (SGD, or Adam for ADAM-ADMM): the penalty's gradient ``rho * (W - Z + U)`` is added to
+``W.grad`` in ``after_backward``, which is the same as adding the penalty to the loss but costs
+one fused pass over the weights instead of an autograd graph.
+
+``rho`` grows by ``rho_growth`` at each stage; ``ratios`` may grow too (progressive ADMM). When
+``rho`` changes, the scaled dual ``U`` is rescaled by ``rho_old / rho_new`` (Boyd et al. 2011,
+3.4.1) so the unscaled multiplier is unchanged. ``||W - Z||`` per layer is logged at every Z-step
+and kept in ``ADMMHook.history``, so convergence is visible. After the ADMM epochs the weights are
+hard-pruned to ``project(W)`` at the final ratio and retrained with the masks held.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from yolo_prune.engine.hooks import Hook, TrainState
+from yolo_prune.errors import PruneError
+from yolo_prune.prune.base import (
+    EvalFn,
+    FitFn,
+    PruneResult,
+    check_epochs,
+    prepare_targets,
+    target_weights,
+)
+from yolo_prune.prune.masks import MaskHook, apply_masks_
+from yolo_prune.prune.policy import ConservativePolicy
+from yolo_prune.prune.projections import Projection, check_ratio, get_projection
+from yolo_prune.prune.targets import TargetConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ADMMConfig:
+    """ADMM pruning: ADMM epochs (with rho/ratio stages), hard prune, masked retraining."""
+
+    ratio: float  # final fraction of the targets' weights (or groups) to remove, in [0, 1)
+    projection: str = "global"  # global | layer | filter | channel | shape
+    norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
+    epochs: int = 10  # ADMM epochs (W-, Z- and U-steps)
+    stages: int = 3  # the ADMM epochs are split evenly into this many stages
+    rho: float = 1e-3  # penalty weight in the first stage
+    rho_growth: float = 10.0  # rho is multiplied by this at each new stage
+    ratios: tuple[float, ...] = ()  # progressive: ratio of each stage; empty: `ratio` throughout
+    update_every: int = 0  # optimizer steps between Z/U updates; 0: at each epoch end
+    retrain_epochs: int = 5  # masked retraining epochs after the hard prune
+    targets: TargetConfig = field(default_factory=TargetConfig)  # which weights are pruned
+    policy: ConservativePolicy | None = None  # per-layer caps (conservative early layers)
+
+    def __post_init__(self) -> None:
+        check_ratio(self.ratio)
+        get_projection(self.projection, norm=self.norm)
+        check_epochs(self.epochs, "admm.epochs", minimum=1)
+        check_epochs(self.stages, "admm.stages", minimum=1)
+        check_epochs(self.update_every, "admm.update_every")
+        check_epochs(self.retrain_epochs, "admm.retrain_epochs")
+        if self.stages > self.epochs:
+            raise PruneError(f"admm.stages={self.stages} exceeds admm.epochs={self.epochs}")
+        if not (self.rho > 0 and math.isfinite(self.rho)):
+            raise PruneError(f"admm.rho={self.rho}; expected a positive number")
+        if not self.rho_growth >= 1:
+            raise PruneError(f"admm.rho_growth={self.rho_growth}; expected >= 1")
+        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
+        if self.ratios:
+            if len(self.ratios) != self.stages:
+                raise PruneError(
+                    f"admm.ratios has {len(self.ratios)} entries but admm.stages={self.stages}; "
+                    "give one ratio per stage"
+                )
+            for r in self.ratios:
+                check_ratio(r, "admm.ratios entry")
+            if self.ratios[-1] != self.ratio:
+                raise PruneError(
+                    f"admm.ratios ends at {self.ratios[-1]} but admm.ratio={self.ratio}; "
+                    "the last stage must reach the final ratio"
+                )
+
+    def stage_of(self, epoch: int) -> int:
+        """Stage (0-based) of ADMM epoch ``epoch`` (0-based, counted from the ADMM start)."""
+        return min(self.stages - 1, epoch * self.stages // self.epochs)
+
+    def stage_ratio(self, stage: int) -> float:
+        return self.ratios[stage] if self.ratios else self.ratio
+
+    def stage_rho(self, stage: int) -> float:
+        return self.rho * self.rho_growth**stage
+
+
+class ADMMHook(Hook):
+    """The ADMM W/Z/U machinery as a loop hook, for the targets ``names``.
+
+    Args:
+        names: target parameter names (see :func:`~yolo_prune.prune.targets.select_targets`).
+        config: the ADMM settings (projection, stages, rho, update period).
+        caps: per-layer caps on the pruned fraction (from the conservative policy).
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        config: ADMMConfig,
+        *,
+        caps: Mapping[str, float] | None = None,
+    ):
+        self.names = list(names)
+        self.config = config
+        self.caps = dict(caps) if caps else None
+        self.project: Projection = get_projection(config.projection, norm=config.norm)
+        self.Z: dict[str, torch.Tensor] = {}
+        self.U: dict[str, torch.Tensor] = {}
+        self.rho = config.stage_rho(0)
+        self.ratio = config.stage_ratio(0)
+        self.history: list[dict[str, Any]] = []
+        self._params: dict[str, nn.Parameter] = {}
+        self._start_epoch = 0
+
+    # -- ADMM algebra ---------------------------------------------------------------------
+
+    def init_(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """``Z0 = project(W0)``, ``U0 = 0``."""
+        with torch.no_grad():
+            masks = self.project(weights, self.ratio, caps=self.caps)
+            self.Z = {n: weights[n].detach() * masks[n] for n in self.names}
+            self.U = {n: torch.zeros_like(weights[n]) for n in self.names}
+
+    @torch.no_grad()
+    def update_(self, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Z-step and U-step; returns ``||W - Z||_F`` per layer (after the Z-step)."""
+        V = {n: weights[n].detach() + self.U[n] for n in self.names}
+        masks = self.project(V, self.ratio, caps=self.caps)
+        residual = {}
+        for n in self.names:
+            self.Z[n] = V[n] * masks[n]
+            # U + W - Z == V - Z: the part of W + U that the projection cut away.
+            self.U[n] = V[n] - self.Z[n]
+            residual[n] = float(torch.linalg.vector_norm(weights[n].detach() - self.Z[n]))
+        return residual
+
+    def penalty(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``rho/2 * sum_l ||W_l - Z_l + U_l||^2`` (differentiable in ``weights``)."""
+        return (
+            0.5
+            * self.rho
+            * sum((weights[n] - self.Z[n] + self.U[n]).pow(2).sum() for n in self.names)
+        )
+
+    @torch.no_grad()
+    def add_penalty_grad_(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """``W.grad += rho * (W - Z + U)``: the gradient of :meth:`penalty`."""
+        ws = [weights[n] for n in self.names]
+        grads = []
+        for w in ws:
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            grads.append(w.grad)
+        diff = torch._foreach_sub([w.detach() for w in ws], [self.Z[n] for n in self.names])
+        torch._foreach_add_(diff, [self.U[n] for n in self.names])
+        torch._foreach_add_(grads, diff, alpha=self.rho)
+
+    def set_stage_(self, stage: int) -> bool:
+        """Move to ``stage``'s rho and ratio (rescaling U); True if the ratio changed."""
+        rho = self.config.stage_rho(stage)
+        if rho != self.rho:
+            scale = self.rho / rho
+            for n in self.names:
+                self.U[n].mul_(scale)
+            self.rho = rho
+        ratio = self.config.stage_ratio(stage)
+        changed = ratio != self.ratio
+        self.ratio = ratio
+        return changed
+
+    # -- hook points ----------------------------------------------------------------------
+
+    def before_train(self, state: TrainState) -> None:
+        self._params = target_weights(state.model, self.names)
+        self._start_epoch = state.epoch
+        if not self.Z:
+            self.init_(self._params)
+
+    def after_backward(self, state: TrainState) -> None:
+        self.add_penalty_grad_(self._params)
+
+    def after_step(self, state: TrainState) -> None:
+        every = self.config.update_every
+        if every and state.step % every == every - 1:
+            self._update_and_log(state)
+
+    def epoch_end(self, state: TrainState) -> None:
+        local = state.epoch - self._start_epoch
+        changed = self.set_stage_(self.config.stage_of(local + 1))
+        if not self.config.update_every or changed:
+            self._update_and_log(state)
+
+    def _update_and_log(self, state: TrainState) -> None:
+        residual = self.update_(self._params)
+        total = math.sqrt(sum(r * r for r in residual.values()))
+        wnorm = math.sqrt(sum(float(self._params[n].detach().pow(2).sum()) for n in self.names))
+        rel = total / wnorm if wnorm else 0.0
+        state.log["admm_residual"] = rel
+        self.history.append(
+            {
+                "epoch": state.epoch,
+                "step": state.step,
+                "rho": self.rho,
+                "ratio": self.ratio,
+                "residual": total,
+                "relative_residual": rel,
+                "layers": residual,
+            }
+        )
+        logger.info(
+            "admm epoch %d step %d: rho=%.3g ratio=%.4g ||W-Z||/||W||=%.4g; per layer %s",
+            state.epoch,
+            state.step,
+            self.rho,
+            self.ratio,
+            rel,
+            " ".join(f"{n}={r:.3g}" for n, r in residual.items()),
+        )
+
+
+class ADMMPruner:
+    """Run ADMM, hard-prune to ``project(W)`` at the final ratio, retrain with the masks held."""
+
+    def __init__(self, config: ADMMConfig):
+        self.config = config
+
+    def run(self, model: nn.Module, *, fit: FitFn, evaluate: EvalFn | None = None) -> PruneResult:
+        """Prune ``model`` in place; ``fit``/``evaluate`` as in :mod:`yolo_prune.prune.base`."""
+        cfg = self.config
+        names, caps = prepare_targets(model, cfg.targets, cfg.policy)
+        hook = ADMMHook(names, cfg, caps=caps)
+        # Check the request (ratio vs. caps, empty layers) before spending any epoch on it.
+        hook.init_(target_weights(model, names))
+        fit("admm", cfg.epochs, [hook])
+        with torch.no_grad():
+            masks = hook.project(target_weights(model, names), cfg.ratio, caps=caps)
+        apply_masks_(model, masks)
+        history = [dict(h, phase="admm") for h in hook.history]
+        if cfg.retrain_epochs:
+            fit("retrain", cfg.retrain_epochs, [MaskHook(masks)])
+        info = {"targets": names, "caps": caps}
+        if evaluate is not None:
+            info["accuracy"] = evaluate()
+        return PruneResult(masks=masks, history=history, info=info)

@@ -1,0 +1,129 @@
+"""Pruning methods by name: ``build_pruner("admm", {...})`` and recipe files.
+
+A method is a config dataclass (frozen, validated on construction) and a pruner class with
+``run(model, *, fit, evaluate=None) -> PruneResult`` (see :mod:`yolo_prune.prune.base`).
+New methods register with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from torch import nn
+
+from yolo_prune.errors import ConfigError, PruneError
+from yolo_prune.prune.admm import ADMMConfig, ADMMPruner
+from yolo_prune.prune.base import EvalFn, FitFn, PruneResult
+from yolo_prune.prune.magnitude import (
+    DeepCompressionConfig,
+    DeepCompressionPruner,
+    MagnitudeConfig,
+    MagnitudePruner,
+)
+from yolo_prune.prune.policy import ConservativePolicy
+from yolo_prune.prune.soft_filter import SoftFilterConfig, SoftFilterPruner
+from yolo_prune.prune.targets import TargetConfig
+
+
+class Pruner(Protocol):
+    def run(
+        self, model: nn.Module, *, fit: FitFn, evaluate: EvalFn | None = None
+    ) -> PruneResult: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    config: type  # the method's config dataclass
+    build: Callable[[Any], Pruner]  # config -> pruner
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, config: type, build: Callable[[Any], Pruner]) -> None:
+    """Make a method available by ``name`` to :func:`build_pruner` and recipes."""
+    if name in METHODS:
+        raise ValueError(f"pruning method {name!r} is already registered")
+    METHODS[name] = MethodSpec(config=config, build=build)
+
+
+register_method("admm", ADMMConfig, ADMMPruner)
+register_method("magnitude", MagnitudeConfig, MagnitudePruner)
+register_method("deep-compression", DeepCompressionConfig, DeepCompressionPruner)
+register_method("soft-filter", SoftFilterConfig, SoftFilterPruner)
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise PruneError(
+            f"unknown pruning method {name!r}; choose one of: {', '.join(sorted(METHODS))}"
+        )
+    return METHODS[name]
+
+
+_NESTED = {"targets": TargetConfig, "policy": ConservativePolicy}
+
+
+def _build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of options, got {values!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown option {unknown[0]!r}; known options: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for key, value in values.items():
+        nested = _NESTED.get(key)
+        if nested is not None and isinstance(value, Mapping):
+            value = _build_dataclass(nested, value, f"{where}.{key}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def build_config(method: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The validated config dataclass of ``method`` from plain ``options`` (YAML/CLI values)."""
+    spec = method_spec(method)
+    return _build_dataclass(spec.config, dict(options or {}), method)
+
+
+def build_pruner(method: str, config: Mapping[str, Any] | Any | None = None) -> Pruner:
+    """A pruner for ``method``, from its config dataclass or a mapping of options."""
+    spec = method_spec(method)
+    if config is None or isinstance(config, Mapping):
+        config = build_config(method, config)
+    elif not isinstance(config, spec.config):
+        raise ConfigError(
+            f"{method}: expected a {spec.config.__name__}, got {type(config).__name__}"
+        )
+    return spec.build(config)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe: ``{"train": {...}, "methods": [{"name", "method", options...}]}``.
+
+    Every method entry is validated (its config built) so that a typo fails before training.
+    """
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p.name}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("methods"), list):
+        raise ConfigError(f"{p.name}: expected a mapping with a 'methods' list")
+    for i, entry in enumerate(data["methods"]):
+        if not isinstance(entry, dict) or "method" not in entry or "name" not in entry:
+            raise ConfigError(f"{p.name}: methods[{i}] needs 'name' and 'method'")
+        options = {k: v for k, v in entry.items() if k not in ("name", "method")}
+        entry["config"] = build_config(entry["method"], options)
+    return data
