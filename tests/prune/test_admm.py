@@ -1,0 +1,202 @@
+import pytest
+import torch
+from torch import nn
+
+from yolo_prune.engine import Trainer
+from yolo_prune.errors import PruneError
+from yolo_prune.prune.admm import ADMMConfig, ADMMHook, ADMMPruner
+from yolo_prune.prune.policy import ConservativePolicy
+from yolo_prune.prune.projections import project_global
+from yolo_prune.prune.targets import TargetConfig
+
+pytestmark = pytest.mark.usefixtures("flush_denormals")
+
+
+class Quadratic(nn.Module):
+    """f(W) = 1/2 ||W - A||^2: its optimum under a sparsity constraint is project(A)."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.lin = nn.Linear(a.shape[1], a.shape[0], bias=False)
+        self.lin2 = nn.Linear(b.shape[1], b.shape[0], bias=False)
+        self.a, self.b = a, b
+
+    def loss(self) -> torch.Tensor:
+        return 0.5 * (
+            (self.lin.weight - self.a).pow(2).sum() + (self.lin2.weight - self.b).pow(2).sum()
+        )
+
+
+def _separated(shape, keep_fraction, generator):
+    """Random signs; kept entries |a| in [1, 2], the rest in [0, 0.5] (a clear optimum)."""
+    n = int(torch.tensor(shape).prod())
+    mags = torch.rand(n, generator=generator) * 0.5
+    kept = torch.randperm(n, generator=generator)[: round(keep_fraction * n)]
+    mags[kept] = 1 + torch.rand(kept.numel(), generator=generator)
+    signs = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    return (signs * mags).reshape(shape)
+
+
+def test_admm_on_a_convex_toy_converges_to_the_projected_optimum():
+    """min 1/2 ||W - A||^2 s.t. 70% zeros: the optimum is A with its 70% smallest cut."""
+    g = torch.Generator().manual_seed(0)
+    a, b = _separated((8, 10), 0.3, g), _separated((6, 5), 0.3, g)
+    model = Quadratic(a, b)
+    with torch.no_grad():
+        model.lin.weight.zero_()
+        model.lin2.weight.zero_()
+    cfg = ADMMConfig(
+        ratio=0.7,
+        epochs=6,
+        stages=2,
+        # At a fixed point U = (A - Z) / rho on the cut entries, so the optimum is stable once
+        # rho > max|A_cut| / min|A_kept| (0.5 here): the warm-up ends at 10.
+        rho=1.0,
+        rho_growth=10.0,
+        update_every=20,
+        retrain_epochs=0,
+        targets=TargetConfig(protect="none"),
+    )
+    names = ["lin.weight", "lin2.weight"]
+    hook = ADMMHook(names, cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    batches = [None] * 100  # the loss needs no data
+    Trainer(model, opt, lambda m, _: m.loss(), hooks=[hook]).fit(batches, epochs=cfg.epochs)
+
+    target = {"lin.weight": a, "lin2.weight": b}
+    optimum = project_global(target, 0.7)
+    w = {"lin.weight": model.lin.weight.detach(), "lin2.weight": model.lin2.weight.detach()}
+    for n in names:
+        # Z holds the projected optimum, and W has converged onto Z.
+        torch.testing.assert_close(hook.Z[n], target[n] * optimum[n], atol=1e-4, rtol=0)
+        torch.testing.assert_close(w[n], hook.Z[n], atol=1e-3, rtol=0)
+    residuals = [h["residual"] for h in hook.history]
+    assert residuals[-1] < 1e-3 < residuals[0]
+
+
+def test_penalty_gradient_matches_autograd():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
+    names = ["0.weight", "1.weight"]
+    cfg = ADMMConfig(ratio=0.5, epochs=1, stages=1, rho=0.3)
+    hook = ADMMHook(names, cfg)
+    params = dict(model.named_parameters())
+    weights = {n: params[n] for n in names}
+    hook.init_(weights)
+    for n in names:
+        hook.U[n] = torch.randn_like(hook.U[n])
+    hook.penalty(weights).backward()
+    autograd = {n: params[n].grad.clone() for n in names}
+    for n in names:
+        params[n].grad = None
+    hook.add_penalty_grad_(weights)
+    for n in names:
+        torch.testing.assert_close(params[n].grad, autograd[n])
+
+
+def test_rho_change_rescales_u_and_ratio_steps_up():
+    cfg = ADMMConfig(ratio=0.9, epochs=3, stages=3, rho=1e-3, rho_growth=10, ratios=(0.5, 0.8, 0.9))
+    names = ["w"]
+    hook = ADMMHook(names, cfg)
+    hook.init_({"w": torch.randn(100)})
+    hook.U["w"] = torch.ones(100)
+    assert hook.set_stage_(1)
+    assert hook.rho == pytest.approx(1e-2) and hook.ratio == 0.8
+    torch.testing.assert_close(hook.U["w"], torch.full((100,), 0.1))
+    assert [cfg.stage_of(e) for e in range(3)] == [0, 1, 2]
+
+
+def test_update_keeps_z_feasible_and_u_is_what_was_cut():
+    hook = ADMMHook(["w"], ADMMConfig(ratio=0.6, epochs=1, stages=1))
+    w = torch.randn(50)
+    hook.init_({"w": w})
+    assert int((hook.Z["w"] == 0).sum()) == 30
+    u0 = torch.randn(50) * 0.1
+    hook.U["w"] = u0.clone()
+    hook.update_({"w": w})
+    assert int((hook.Z["w"] != 0).sum()) == 20
+    torch.testing.assert_close(hook.U["w"], w + u0 - hook.Z["w"])
+
+
+@pytest.mark.parametrize("projection", ["global", "layer", "filter"])
+def test_admm_pruner_end_to_end_exact_sparsity(case2, projection):
+    from conftest import toy_loss
+
+    model = case2.model()
+    batches = [case2.batch(seed=i) for i in range(2)]
+    phases = []
+
+    def fit(phase, epochs, hooks):
+        phases.append((phase, epochs))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        Trainer(model, opt, toy_loss, hooks=hooks).fit(batches, epochs=epochs)
+
+    cfg = ADMMConfig(ratio=0.5, projection=projection, epochs=2, stages=2, retrain_epochs=1)
+    result = ADMMPruner(cfg).run(model, fit=fit)
+    assert phases == [("admm", 2), ("retrain", 1)]
+    params = dict(model.named_parameters())
+    total = sum(m.numel() for m in result.masks.values())
+    pruned = sum(int((~m).sum()) for m in result.masks.values())
+    if projection == "global":
+        assert pruned == round(0.5 * total)
+    for n, m in result.masks.items():
+        assert torch.count_nonzero(params[n].detach()[~m]) == 0
+    # per-layer ||W - Z|| was logged at each Z-step
+    assert len(result.history) == 2
+    assert set(result.history[0]["layers"]) == set(result.masks)
+
+
+def test_admm_with_conservative_policy_respects_caps(classifier):
+    from conftest import toy_loss
+
+    model = classifier.model()
+    batches = [classifier.batch(seed=i) for i in range(2)]
+
+    def fit(phase, epochs, hooks):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        Trainer(model, opt, toy_loss, hooks=hooks).fit(batches, epochs=epochs)
+
+    policy = ConservativePolicy(first_cap=0.2, last_cap=1.0)
+    cfg = ADMMConfig(
+        ratio=0.8,
+        epochs=1,
+        stages=1,
+        retrain_epochs=0,
+        targets=TargetConfig(protect="none"),
+        policy=policy,
+    )
+    result = ADMMPruner(cfg).run(model, fit=fit)
+    caps = result.info["caps"]
+    first = result.info["targets"][0]
+    assert caps[first] == pytest.approx(0.2)
+    m = result.masks[first]
+    assert int((~m).sum()) <= int(0.2 * m.numel())
+    assert result.sparsity == pytest.approx(
+        round(0.8 * sum(x.numel() for x in result.masks.values()))
+        / sum(x.numel() for x in result.masks.values())
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ratio": 1.0}, r"ratio=1.0 is outside \[0, 1\)"),
+        ({"ratio": 0.5, "projection": "glob"}, "unknown projection 'glob'"),
+        ({"ratio": 0.5, "stages": 2, "ratios": (0.9,)}, "has 1 entries but admm.stages=2"),
+        ({"ratio": 0.5, "stages": 2, "ratios": (0.3, 0.4)}, "the last stage must reach"),
+        ({"ratio": 0.5, "epochs": 2, "stages": 3}, "admm.stages=3 exceeds admm.epochs=2"),
+        ({"ratio": 0.5, "rho": -1.0}, "admm.rho=-1.0; expected a positive number"),
+    ],
+)
+def test_bad_admm_configs(kwargs, match):
+    with pytest.raises(PruneError, match=match):
+        ADMMConfig(**kwargs)
+
+
+def test_admm_ratio_that_empties_a_layer_fails_before_training():
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 50))  # 8 and 200 weights
+    calls = []
+    cfg = ADMMConfig(ratio=0.95, projection="layer", epochs=1, stages=1)
+    with pytest.raises(PruneError, match="ratio 0.95 would remove all 8 weights of 0.weight"):
+        ADMMPruner(cfg).run(model, fit=lambda *a: calls.append(a))
+    assert calls == []
