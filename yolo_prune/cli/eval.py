@@ -1,0 +1,248 @@
+"""``yolo-prune eval``: accuracy and size figures of a (pruned) Darknet model on a dataset.
+
+    yolo-prune eval --cfg cfg/lenet5.cfg --weights W --data ../shared/data/mnist [--out m.json]
+
+``--weights`` may be a Darknet ``.weights`` file, a PyTorch state dict (``.pt``/``.pth``), or a
+sparse file written by :func:`yolo_prune.prune.sparse.save_sparse` (which may carry its cfg, so
+``--cfg`` is then optional). The dataset kind is recognised from the folder's contents; each kind
+is one entry of ``DATASETS`` (classifier datasets now; COCO detection can be added the same way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from yolo_prune.errors import ConfigError, DataError, WeightsError, require_file
+from yolo_prune.utils.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What ``yolo-prune eval`` was asked to do."""
+
+    cfg: Path | None  # Darknet cfg (optional when the sparse weights carry one)
+    weights: Path  # .weights, .pt state dict, or sparse file
+    data: Path  # dataset folder
+    split: str = "test"  # which split to evaluate
+    batch_size: int = 500  # images per forward pass
+    device: str = "cpu"  # torch device
+    out: Path | None = None  # write the metrics as JSON here
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="accuracy, parameters and sparsity of a model on a dataset",
+        description=(
+            "Evaluate a Darknet model. Classifier datasets (an MNIST folder with the idx .gz "
+            "files, a CIFAR-10 folder with the JPEG tarballs) report top-1 accuracy; every run "
+            "reports parameters total / non-zero and the sparsity of the conv+fc weights."
+        ),
+    )
+    p.add_argument("--cfg", type=Path, help="Darknet .cfg (optional for sparse files with a cfg)")
+    p.add_argument("--weights", type=Path, required=True, help=".weights, .pt or sparse file")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--batch-size", type=int, default=500, help="images per batch (default 500)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--out", type=Path, help="write the metrics as JSON to this file")
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}; expected a positive integer")
+    return EvalOptions(
+        cfg=args.cfg,
+        weights=args.weights,
+        data=args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        out=args.out,
+    )
+
+
+# --- model ----------------------------------------------------------------------------------
+
+
+def load_model(cfg: Path | None, weights: Path) -> tuple[nn.Module, str]:
+    """The Darknet model of ``cfg`` filled from ``weights``; returns ``(model, weights format)``."""
+    from yolo_prune.darknet import Darknet
+    from yolo_prune.prune.sparse import is_sparse_file, load_sparse
+
+    require_file(weights, "weights file")
+    if cfg is not None:
+        require_file(cfg, "cfg file")
+    if is_sparse_file(weights):
+        state, meta = load_sparse(weights)
+        if cfg is not None:
+            model = Darknet.from_cfg(cfg)
+        elif isinstance(meta.get("cfg"), str):
+            model = Darknet.from_cfg_text(meta["cfg"])
+        else:
+            raise ConfigError(f"{weights.name} carries no cfg; give --cfg")
+        _load_state(model, state, weights)
+        return model, "sparse"
+    if cfg is None:
+        raise ConfigError("--cfg is required unless --weights is a sparse file that carries one")
+    model = Darknet.from_cfg(cfg)
+    with weights.open("rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    if zipped or weights.suffix in (".pt", ".pth"):
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise WeightsError(f"not a readable PyTorch state dict ({exc})", path=weights) from None
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        if not isinstance(state, dict):
+            raise WeightsError("expected a state dict (name -> tensor)", path=weights)
+        _load_state(model, state, weights)
+        return model, "state_dict"
+    model.load_weights(weights)
+    return model, "darknet"
+
+
+def _load_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        what = (
+            f"missing {result.missing_keys[0]!r}"
+            if result.missing_keys
+            else f"unexpected {result.unexpected_keys[0]!r}"
+        )
+        raise WeightsError(
+            f"tensors do not match the cfg ({what}, {len(result.missing_keys)} missing, "
+            f"{len(result.unexpected_keys)} unexpected); check that --cfg is the one trained",
+            path=path,
+        )
+
+
+def size_metrics(model: nn.Module) -> dict[str, Any]:
+    """Parameter counts and the sparsity of the conv+fc weights."""
+    from yolo_prune.eval.profile import param_stats, weight_names
+
+    params = param_stats(model)
+    weights = param_stats(model, weight_names(model))
+    return {
+        "params_total": params.total,
+        "params_nonzero": params.nonzero,
+        "params_sparsity": params.sparsity,
+        "weights_total": weights.total,
+        "weights_nonzero": weights.nonzero,
+        "sparsity": weights.sparsity,
+        "compression": weights.compression,
+    }
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+
+def _classifier(load: Callable[..., tuple[torch.Tensor, torch.Tensor]], name: str):
+    def evaluate(model: nn.Module, opts: EvalOptions) -> dict[str, Any]:
+        from yolo_prune.eval.accuracy import evaluate_accuracy, tensor_batches
+
+        if opts.split not in ("train", "test"):
+            raise ConfigError(f"--split {opts.split!r}; {name} has train and test")
+        images, labels = load(opts.data, split=opts.split)
+        expected = tuple(getattr(model, "input_shape", ()))
+        if expected and tuple(images.shape[1:]) != expected:
+            raise DataError(
+                f"{name} images are {tuple(images.shape[1:])} (C, H, W) but the cfg expects "
+                f"{expected}; use a cfg built for {name}",
+                path=opts.data,
+            )
+        model.to(opts.device)
+        acc = evaluate_accuracy(
+            model, tensor_batches(images, labels, batch_size=opts.batch_size), device=opts.device
+        )
+        return {"task": "classify", "top1": acc.value, "correct": acc.correct, "total": acc.total}
+
+    return evaluate
+
+
+def _mnist(model: nn.Module, opts: EvalOptions) -> dict[str, Any]:
+    from yolo_prune.data.mnist import mnist_tensors
+
+    return _classifier(mnist_tensors, "MNIST")(model, opts)
+
+
+def _cifar10(model: nn.Module, opts: EvalOptions) -> dict[str, Any]:
+    from yolo_prune.data.cifar10 import cifar10_tensors
+
+    return _classifier(cifar10_tensors, "CIFAR-10")(model, opts)
+
+
+def _is_mnist(root: Path) -> bool:
+    from yolo_prune.data.mnist import is_mnist_dir
+
+    return is_mnist_dir(root)
+
+
+def _is_cifar10(root: Path) -> bool:
+    from yolo_prune.data.cifar10 import is_cifar10_dir
+
+    return is_cifar10_dir(root)
+
+
+# (name, recognises(folder), evaluate(model, options) -> metrics), tried in order.
+DATASETS: list[tuple[str, Callable[[Path], bool], Callable[[nn.Module, EvalOptions], dict]]] = [
+    ("mnist", _is_mnist, _mnist),
+    ("cifar10", _is_cifar10, _cifar10),
+]
+
+
+def evaluate(opts: EvalOptions) -> dict[str, Any]:
+    """All metrics for ``opts`` as a JSON-ready dict."""
+    if not opts.data.is_dir():
+        raise DataError("no such folder; --data takes a dataset folder", path=opts.data)
+    found = [(name, fn) for name, recognises, fn in DATASETS if recognises(opts.data)]
+    if not found:
+        known = ", ".join(n for n, _, _ in DATASETS)
+        raise DataError(
+            f"not a dataset folder this command knows ({known}): expected e.g. "
+            "t10k-images-idx3-ubyte.gz (MNIST) or cifar10_jpg_test.tar.gz (CIFAR-10)",
+            path=opts.data,
+        )
+    name, run_eval = found[0]
+    model, fmt = load_model(opts.cfg, opts.weights)
+    metrics: dict[str, Any] = {
+        "dataset": name,
+        "split": opts.split,
+        "cfg": str(opts.cfg) if opts.cfg else None,
+        "weights": str(opts.weights),
+        "weights_format": fmt,
+        "weights_bytes": opts.weights.stat().st_size,
+    }
+    metrics.update(run_eval(model, opts))
+    metrics.update(size_metrics(model))
+    return metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = options_from_args(args)
+    metrics = evaluate(opts)
+    if "top1" in metrics:
+        print(
+            f"{metrics['dataset']} {metrics['split']}: top-1 {100 * metrics['top1']:.2f}% "
+            f"({metrics['correct']:,}/{metrics['total']:,})"
+        )
+    print(
+        f"params: {metrics['params_total']:,} total, {metrics['params_nonzero']:,} non-zero; "
+        f"conv+fc weights: {metrics['weights_total']:,} total, "
+        f"{metrics['weights_nonzero']:,} non-zero (sparsity {100 * metrics['sparsity']:.2f}%, "
+        f"{metrics['compression']:.1f}x)"
+    )
+    if opts.out is not None:
+        atomic_write_text(opts.out, json.dumps(metrics, indent=2) + "\n")
+        print(f"metrics written to {opts.out}")
+    return 0

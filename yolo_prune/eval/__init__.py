@@ -1,0 +1,23 @@
+"""Evaluation: classification accuracy, model profile (parameters, sparsity, MACs)."""
+
+from yolo_prune.eval.accuracy import Accuracy, evaluate_accuracy, tensor_batches
+from yolo_prune.eval.profile import (
+    MacStats,
+    ParamStats,
+    count_macs,
+    layer_stats,
+    param_stats,
+    weight_names,
+)
+
+__all__ = [
+    "Accuracy",
+    "MacStats",
+    "ParamStats",
+    "count_macs",
+    "evaluate_accuracy",
+    "layer_stats",
+    "param_stats",
+    "tensor_batches",
+    "weight_names",
+]
