@@ -13,7 +13,7 @@ import torch
 
 from yolo_prune.darknet import Darknet
 from yolo_prune.errors import ConfigError
-from yolo_prune.eval.detection import evaluate_detector, size_figures
+from yolo_prune.eval.detection import evaluate_detector, format_metrics, size_figures
 
 cv2 = pytest.importorskip("cv2")
 COCO = pytest.importorskip("pycocotools.coco").COCO
@@ -116,6 +116,8 @@ def test_evaluation_leaves_the_model_alone_and_times_it(tiny, shared_data):
     for key in ("AP", "AP50", "AP75", "params", "nonzero_params", "sparsity", "gflops", "fps"):
         assert key in m
     json.dumps(m)  # JSON-ready
+    table = format_metrics(m)
+    assert f"{100 * m['AP50']:.2f}" in table and m["device"] in table
 
 
 def test_bad_options(tiny, shared_data, tmp_path):

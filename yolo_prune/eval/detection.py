@@ -245,3 +245,35 @@ def evaluate_detector(
         else:
             metrics["fps_batched"], metrics["latency_ms_batched"] = one.fps, one.latency_ms
     return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The figures of :func:`evaluate_detector` as a small two-column text table."""
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}"
+
+    def num(v: float | None, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    h, w = metrics["size"]
+    rows = [
+        ("dataset", f"{metrics['dataset']} ({metrics['images']} images, "
+                    f"{metrics['annotations']} objects)"),
+        ("input", f"{w}x{h}{' letterbox' if metrics['letterbox'] else ''}, "
+                  f"conf {metrics['conf']}, NMS {metrics['nms']}"),
+        ("AP / AP50 / AP75 (%)",
+         f"{pct(metrics['AP'])} / {pct(metrics['AP50'])} / {pct(metrics['AP75'])}"),
+        ("params (non-zero)", f"{metrics['params']:,} ({metrics['nonzero_params']:,})"),
+        ("conv+fc sparsity", f"{pct(metrics['sparsity'])} %"),
+        ("GFLOPs (non-zero)", f"{num(metrics['gflops'], '.3f')} "
+                              f"({num(metrics['gflops_nonzero'], '.3f')})"),
+        ("latency batch 1", f"{num(metrics['latency_ms'], '.1f')} ms, "
+                            f"{num(metrics['fps'], '.1f')} FPS"),
+        (f"latency batch {metrics['batch_size']}",
+         f"{num(metrics['latency_ms_batched'], '.1f')} ms, "
+         f"{num(metrics['fps_batched'], '.1f')} FPS"),
+        ("device", metrics["device"]),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
