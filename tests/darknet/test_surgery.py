@@ -109,3 +109,19 @@ def test_shrunk_model_round_trips_through_cfg_and_weights(repo_cfg, tmp_path, ra
     x = torch.rand(1, 3, 416, 416)
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(x), small(x))
+
+
+def test_engine_protocol_methods(repo_cfg):
+    model = Darknet.from_cfg(repo_cfg / "yolov4-tiny.cfg")
+    assert model.prune_depth("layers.12.conv.weight") == 12
+    groups = model.channel_groups()
+    names = {name for grp in groups for name, _ in grp}
+    assert "layers.29.conv.weight" not in names  # feeds [yolo] 30: never offered
+    assert sum(len(g) for g in groups) == 3104  # producer channels in prunable groups
+    # the route groups=2 tie shows up as a two-filter group
+    assert [("layers.2.conv.weight", 5), ("layers.2.conv.weight", 37)] in groups
+    with torch.no_grad():
+        for name, ch in groups[10]:
+            model.get_parameter(name)[ch] = 0
+    prunable = [g for g in model.channel_map().groups if g.prunable]  # same order as groups
+    assert model.zero_channel_groups() == {prunable[10].id}

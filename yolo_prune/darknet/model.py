@@ -43,6 +43,7 @@ class Darknet(nn.Module):
         # Darknet .weights header (major, minor, revision, seen); replaced by load_weights.
         self.header = (0, 2, 5, 0)
         self.fused = False  # set by fuse_(); a fused model no longer has Darknet's layout
+        self._channel_map = None  # built on first use by channel_map()
 
     @classmethod
     def from_cfg(cls, path: str | Path, *, size: int | tuple[int, int] | None = None) -> Darknet:
@@ -125,7 +126,54 @@ class Darknet(nn.Module):
 
         save_darknet_weights(self, path)
 
-    # --- what the pruning engine may ask (optional protocol; see yolo_prune.prune) -----------
+    # --- what the pruning engine may ask (optional protocol; see yolo_prune.prune.targets) ----
+
+    def prune_depth(self, name: str) -> int:
+        """The cfg layer index owning parameter ``name`` (``layers.12.conv.weight`` -> 12)."""
+        parts = name.split(".")
+        if len(parts) < 2 or parts[0] != "layers" or not parts[1].isdigit():
+            raise KeyError(f"{name!r} is not a parameter of a Darknet layer")
+        return int(parts[1])
+
+    def channel_groups(self) -> list[list[tuple[str, int]]]:
+        """Output channels that must be pruned together, one list per prunable group.
+
+        Each entry is (weight parameter name, output channel): the filters (conv) or rows
+        (connected) producing the group's channels. Groups that cannot be removed (feeding a
+        ``[yolo]`` layer, the network output, grouped convolutions, ...) are left out; see
+        :mod:`yolo_prune.darknet.channels`.
+        """
+        cmap = self.channel_map()
+        return [
+            [(self._weight_name(layer), ch) for layer, ch in grp.producers]
+            for grp in cmap.groups
+            if grp.prunable
+        ]
+
+    def channel_map(self):
+        """The channel dependency map of this network (cached)."""
+        from yolo_prune.darknet.channels import build_channel_map
+
+        if self._channel_map is None:
+            self._channel_map = build_channel_map(self.graph)
+        return self._channel_map
+
+    def zero_channel_groups(self) -> set[int]:
+        """Ids of the prunable channel groups whose producing filters are all exactly zero."""
+        groups = set()
+        for grp in self.channel_map().groups:
+            if grp.prunable and all(
+                not bool(self._weight(layer)[ch].any()) for layer, ch in grp.producers
+            ):
+                groups.add(grp.id)
+        return groups
+
+    def _weight_name(self, layer: int) -> str:
+        return f"layers.{layer}.{'conv' if hasattr(self.layers[layer], 'conv') else 'fc'}.weight"
+
+    def _weight(self, layer: int) -> torch.Tensor:
+        module = self.layers[layer]
+        return (module.conv if hasattr(module, "conv") else module.fc).weight
 
     def prune_ignore(self) -> list[str]:
         """Parameter names that pruning must leave dense.
