@@ -9,12 +9,15 @@ from yolo_prune.detect.preprocess import (
     preprocess,
     resize_geometry,
 )
+from yolo_prune.detect.runner import DetectSummary, detect_source
 
 __all__ = [
+    "DetectSummary",
     "Detections",
     "Detector",
     "ImageTransform",
     "class_color",
+    "detect_source",
     "draw_detections",
     "letterbox_geometry",
     "postprocess",
