@@ -73,6 +73,7 @@ def test_fold_keeps_outputs_for_1x1_readers():
     zeroed = copy.deepcopy(model)
     with torch.no_grad():
         zeroed.layers[0].conv.weight[[1, 4]] = 0  # what the pruning mask leaves behind
+        zeroed.layers[0].bn.running_mean[[1, 4]] = 0  # a zero filter's batch mean
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = zeroed(x)

@@ -150,6 +150,13 @@ class Darknet(nn.Module):
             if grp.prunable
         ]
 
+    def output_scale_name(self, weight_name: str) -> str | None:
+        """The batch-norm scale (gamma) applied to the outputs of ``weight_name``, if any."""
+        layer = self.layers[self.prune_depth(weight_name)]
+        if getattr(layer, "bn", None) is None:
+            return None
+        return weight_name.rsplit(".", 2)[0] + ".bn.weight"
+
     def channel_map(self):
         """The channel dependency map of this network (cached)."""
         from yolo_prune.darknet.channels import build_channel_map

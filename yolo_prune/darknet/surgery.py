@@ -48,7 +48,14 @@ def fold_pruned_(model: Darknet, pruned: set[int], cmap: ChannelMap | None = Non
     # 1. zero the pruned filters, then measure the constant each pruned channel now emits
     for gid in pruned:
         for layer_idx, ch in cmap.groups[gid].producers:
-            _linear(model.layers[layer_idx]).weight[ch].zero_()
+            layer = model.layers[layer_idx]
+            _linear(layer).weight[ch].zero_()
+            if layer.bn is not None:
+                # A zero filter outputs 0 on every input, so its batch mean is 0; the running
+                # mean learnt for the live filter would shift the constant by -gamma*mean/std.
+                # With mean 0 the channel emits act(beta), what a BN update would settle on
+                # (and what network slimming keeps when it drops a small-gamma channel).
+                layer.bn.running_mean[ch] = 0.0
     values: dict[int, torch.Tensor] = {}
 
     def keep(i: int, out: torch.Tensor) -> None:
