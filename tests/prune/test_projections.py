@@ -212,11 +212,37 @@ def test_filter_ratio_that_empties_a_layer_is_an_error():
 
 def test_kth_smallest_matches_sort_and_leaves_global_rng_alone():
     g = torch.Generator().manual_seed(3)
-    values = [torch.randn(1 << 21, generator=g), torch.randn(5000, generator=g)]
-    flat = torch.cat(values).sort().values
+    values = [torch.randn(1 << 20, generator=g), torch.randn(5000, generator=g)]
+    flat = torch.cat(values).abs().sort().values
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
-    for k in (1, 1000, 1 << 20, flat.numel()):
-        assert P.kth_smallest(values, k).item() == flat[k - 1].item()
+    for k in (1, 1000, 1 << 19, flat.numel()):
+        assert P.kth_smallest(values, k) == flat[k - 1].item()
     assert torch.equal(torch.rand(1), expected_next)
+
+
+def test_many_ties_at_zero_on_the_sampled_path():
+    # An already-pruned model re-projected: most weights are exactly zero.
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(1 << 20, generator=g)
+    w[torch.rand(w.shape, generator=g) < 0.8] = 0.0
+    weights = {"a": w, "b": torch.zeros(1000), "c": torch.randn(1000, generator=g)}
+    n = sum(x.numel() for x in weights.values())
+    for ratio in (0.5, 0.79, 0.9):
+        k = round(ratio * n)
+        if ratio < 0.8:
+            # zeros fill the cut; "b" (all zeros) would be emptied only if k reached it
+            masks = P.project_global(weights, ratio)
+            ref = _reference_global(weights, k)
+            assert all(torch.equal(masks[x], ref[x]) for x in weights)
+        else:
+            with pytest.raises(PruneError, match="would remove all 1,000 weights of b"):
+                P.project_global(weights, ratio)
+
+
+def test_smallest_k_respects_candidates():
+    v = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    cand = torch.tensor([False, True, False, True])
+    (m,) = P.smallest_k([v], 1, candidates=[cand])
+    assert m.tolist() == [False, True, False, False]

@@ -37,7 +37,7 @@ Masks = dict[str, torch.Tensor]
 Projection = Callable[..., Masks]
 
 # Below this many values a plain kthvalue is faster than the sampled bracket.
-_SMALL = 1 << 21
+_SMALL = 1 << 19
 _SAMPLE = 1 << 18
 NORMS = ("l1", "l2")
 
@@ -76,73 +76,147 @@ def _check_caps(names: Sequence[str], caps: Mapping[str, float] | None) -> dict[
 # --- exact k smallest ----------------------------------------------------------------------
 
 
+class _Scratch:
+    """Two reusable bool buffers, so that counting passes allocate (and page-fault) nothing."""
+
+    def __init__(self, size: int):
+        self.a = torch.empty(size, dtype=torch.bool)
+        self.b = torch.empty(size, dtype=torch.bool)
+
+    def pair(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a[:n], self.b[:n]
+
+
+def _abs_lt(v: torch.Tensor, t: float, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """``out = |v| < t`` without materialising ``|v|``."""
+    torch.lt(v, t, out=out)
+    torch.gt(v, -t, out=tmp)
+    return out.logical_and_(tmp)
+
+
+def _abs_le(v: torch.Tensor, t: float, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """``out = |v| <= t`` without materialising ``|v|``."""
+    torch.le(v, t, out=out)
+    torch.ge(v, -t, out=tmp)
+    return out.logical_and_(tmp)
+
+
+def _bracket(
+    flat: Sequence[torch.Tensor], cands: Sequence[torch.Tensor | None], k: int, avail: int
+) -> tuple[float, float]:
+    """Magnitudes ``lo <= hi`` likely to enclose the k-th smallest, from a fixed-seed sample."""
+    gen = torch.Generator().manual_seed(0)
+    total = sum(v.numel() for v in flat)
+    parts = []
+    for v, c in zip(flat, cands, strict=True):
+        m = round(_SAMPLE * v.numel() / total)
+        if m:
+            idx = torch.randint(v.numel(), (m,), generator=gen)
+            part = v[idx].abs()
+            if c is not None:
+                part = part.masked_fill_(~c[idx], math.inf)
+            parts.append(part)
+    sample = torch.cat(parts)
+    m = sample.numel()
+    q = k / total
+    # 5 standard deviations of the sample quantile either side: a miss is rare, and then costs
+    # one more pass.
+    delta = int(5 * math.sqrt(m * q * (1 - q))) + 16
+    lo_i, hi_i = math.floor(q * m) - delta, math.ceil(q * m) + delta
+    lo = float(sample.kthvalue(lo_i + 1).values) if lo_i >= 0 else -math.inf
+    hi = float(sample.kthvalue(hi_i + 1).values) if hi_i < m else math.inf
+    return lo, hi
+
+
 @torch.no_grad()
-def kth_smallest(values: Sequence[torch.Tensor], k: int) -> torch.Tensor:
-    """The k-th smallest (1-based) of all elements of ``values``, as a 0-d tensor.
+def _select(
+    values: Sequence[torch.Tensor],
+    k: int,
+    candidates: Sequence[torch.Tensor | None] | None = None,
+) -> tuple[list[torch.Tensor], float]:
+    """Bool masks of exactly the ``k`` smallest ``|values|`` (among candidates), and the k-th.
+
+    Ties go to the earlier tensor, then the lower flat index. Works in a few streaming passes:
+    a sampled bracket ``[lo, hi]``, one pass marking ``|v| < lo`` (all of those are selected)
+    and listing the positions with ``lo <= |v| <= hi``, then a stable sort of those few values.
+    """
+    flat = [v.detach().reshape(-1) for v in values]
+    cands = [None if c is None else c.reshape(-1) for c in (candidates or [None] * len(flat))]
+    avail = sum(v.numel() if c is None else int(c.sum()) for v, c in zip(flat, cands, strict=True))
+    if not 0 <= k <= avail:
+        raise ValueError(f"k={k} outside [0, {avail}]")
+    if k == 0:
+        return [torch.zeros_like(v, dtype=torch.bool) for v in values], -math.inf
+    marked = [torch.empty(v.numel(), dtype=torch.bool) for v in flat]
+    total = sum(v.numel() for v in flat)
+    lo, hi = (-math.inf, math.inf) if total <= _SMALL else _bracket(flat, cands, k, avail)
+    scratch = _Scratch(max(v.numel() for v in flat))
+    for attempt in range(3):
+        below, n_inside, inside = 0, 0, []
+        for v, c, m in zip(flat, cands, marked, strict=True):
+            a, b = scratch.pair(v.numel())
+            _abs_lt(v, lo, m, b)
+            if c is not None:
+                m.logical_and_(c)
+            below += int(m.sum())
+            _abs_le(v, hi, a, b)
+            if c is not None:
+                a.logical_and_(c)
+            a.logical_xor_(m)  # lo <= |v| <= hi: `m` is a subset of `a`
+            cnt = int(a.sum())
+            n_inside += cnt
+            inside.append(a.nonzero().squeeze(1) if cnt else None)
+        if below < k <= below + n_inside or attempt == 2:
+            break
+        # The sample missed (heavy ties or an adversarial layout): widen to everything.
+        lo, hi = -math.inf, math.inf
+    need = k - below
+    pos = [p for p in inside if p is not None]
+    vals = torch.cat([flat[i][p].abs() for i, p in enumerate(inside) if p is not None])
+    kth = vals.kthvalue(need).values
+    # The `need` smallest inside values: all below the k-th, then the first of its ties in
+    # (tensor, index) order, which is the order of the concatenation.
+    chosen = vals < kth
+    ties = (vals == kth).nonzero().squeeze(1)[: need - int(chosen.sum())]
+    chosen[ties] = True
+    order = chosen.nonzero().squeeze(1)  # ascending, so grouped by tensor
+    # Split the chosen entries (indices into the concatenation) back into their tensors.
+    owners = [i for i, p in enumerate(inside) if p is not None]
+    ends = torch.cumsum(torch.tensor([p.numel() for p in pos]), 0)
+    cuts = torch.searchsorted(order, ends).tolist()
+    start = 0
+    for j, (i, p) in enumerate(zip(owners, pos, strict=True)):
+        sel = order[(cuts[j - 1] if j else 0) : cuts[j]] - start
+        if sel.numel():
+            marked[i][p[sel]] = True
+        start = int(ends[j])
+    return [m.view(v.shape) for m, v in zip(marked, values, strict=True)], float(kth)
+
+
+def kth_smallest(values: Sequence[torch.Tensor], k: int) -> float:
+    """The k-th smallest (1-based) of the magnitudes ``|v|`` of all elements of ``values``.
 
     Exact; the sampling only decides how much work is needed. The sample uses its own
     fixed-seed generator, so the global RNG (and training reproducibility) is untouched.
     """
-    flat = [v.reshape(-1) for v in values if v.numel()]
-    total = sum(v.numel() for v in flat)
+    total = sum(v.numel() for v in values)
     if not 1 <= k <= total:
         raise ValueError(f"k={k} outside [1, {total}]")
-    if total <= _SMALL:
-        return torch.cat(flat).kthvalue(k).values
-    gen = torch.Generator().manual_seed(0)
-    parts = []
-    for v in flat:
-        m = round(_SAMPLE * v.numel() / total)
-        if m:
-            parts.append(v[torch.randint(v.numel(), (m,), generator=gen)])
-    sample = torch.cat(parts).sort().values
-    m = sample.numel()
-    q = k / total
-    delta = int(4 * math.sqrt(m * q * (1 - q))) + 16
-    for _ in range(3):
-        lo_i, hi_i = math.floor(q * m) - delta, math.ceil(q * m) + delta
-        lo = sample[lo_i] if lo_i >= 0 else None
-        hi = sample[hi_i] if hi_i < m else None
-        below = 0 if lo is None else sum(int(torch.count_nonzero(v < lo)) for v in flat)
-        upto = total if hi is None else sum(int(torch.count_nonzero(v <= hi)) for v in flat)
-        if below < k <= upto:
-            if lo is not None and hi is not None and bool(lo == hi):
-                return lo.clone()
-            inside = []
-            for v in flat:
-                sel = torch.ones_like(v, dtype=torch.bool) if lo is None else v >= lo
-                if hi is not None:
-                    sel &= v <= hi
-                inside.append(v[sel])
-            return torch.cat(inside).kthvalue(k - below).values
-        delta *= 8
-    return torch.cat(flat).kthvalue(k).values
+    return _select(values, k)[1]
 
 
-@torch.no_grad()
-def smallest_k(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
-    """Bool masks marking exactly the ``k`` smallest elements over all ``scores``.
+def smallest_k(
+    scores: Sequence[torch.Tensor],
+    k: int,
+    *,
+    candidates: Sequence[torch.Tensor | None] | None = None,
+) -> list[torch.Tensor]:
+    """Bool masks marking exactly the ``k`` smallest magnitudes over all ``scores``.
 
-    Ties at the threshold go to the earlier tensor, then the lower flat index.
+    Ties go to the earlier tensor, then the lower flat index. ``candidates`` (bool masks, or
+    None for "all") restricts which elements may be marked.
     """
-    if k <= 0:
-        return [torch.zeros_like(s, dtype=torch.bool) for s in scores]
-    t = kth_smallest(scores, k)
-    marked = [s < t for s in scores]
-    need = k - sum(int(torch.count_nonzero(m)) for m in marked)
-    for s, m in zip(scores, marked, strict=True):
-        if need <= 0:
-            break
-        eq = s == t
-        n_eq = int(torch.count_nonzero(eq))
-        if n_eq <= need:
-            m |= eq
-            need -= n_eq
-        elif n_eq:
-            idx = eq.reshape(-1).nonzero().squeeze(1)[:need]
-            m.view(-1)[idx] = True
-            need = 0
-    return marked
+    return _select(scores, k, candidates)[0]
 
 
 def _empty_layer_error(name: str, n: int, how: str) -> PruneError:
@@ -175,7 +249,8 @@ def project_global(
     sizes = [weights[n].numel() for n in names]
     total = sum(sizes)
     k = round(ratio * total)
-    scores = [weights[n].detach().abs() for n in names]
+    values = [weights[n].detach() for n in names]
+    candidates: list[torch.Tensor | None] = [None] * len(names)
     if caps:
         room = [math.floor(caps.get(n, 1.0) * s) for n, s in zip(names, sizes, strict=True)]
         if k > sum(room):
@@ -184,18 +259,16 @@ def project_global(
                 f"per-layer caps allow at most {sum(room):,} ({sum(room) / total:.4f}); "
                 "lower the ratio or raise the caps"
             )
-        for i, (s, r) in enumerate(zip(scores, room, strict=True)):
-            if r < s.numel():
+        for i, (v, r) in enumerate(zip(values, room, strict=True)):
+            if r < v.numel():
                 # Only a layer's `r` smallest may compete for the global cut.
-                (cand,) = smallest_k([s], r)
-                scores[i] = s.masked_fill_(~cand, math.inf)
-    pruned = smallest_k(scores, k)
+                (candidates[i],) = smallest_k([v], r)
+    pruned = smallest_k(values, k, candidates=candidates)
     masks = {}
     for n, p, size in zip(names, pruned, sizes, strict=True):
-        keep = ~p
-        if size and not bool(keep.any()):
+        if size and bool(p.all()):
             raise _empty_layer_error(n, size, f"global ratio {ratio}")
-        masks[n] = keep
+        masks[n] = p.logical_not_()
     return masks
 
 
@@ -223,8 +296,8 @@ def project_layerwise(
         k = round(r * w.numel())
         if w.numel() and k >= w.numel():
             raise _empty_layer_error(n, w.numel(), f"ratio {r}")
-        (p,) = smallest_k([w.abs()], k)
-        masks[n] = ~p
+        (p,) = smallest_k([w], k)
+        masks[n] = p.logical_not_()
     return masks
 
 
