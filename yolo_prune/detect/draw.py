@@ -37,12 +37,14 @@ def draw_detections(
     h, w = out.shape[:2]
     t = thickness or max(1, round(min(h, w) / 300))
     font_scale = max(0.4, t / 3)
-    for box, score, label in zip(
+    rows = zip(
         detections.boxes.tolist(),
         detections.scores.tolist(),
         detections.labels.tolist(),
         strict=True,
-    ):
+    )
+    # lowest score first, so where labels overlap (one box, several classes) the best is on top
+    for box, score, label in sorted(rows, key=lambda r: r[1]):
         x0, y0, x1, y1 = (round(v) for v in box)
         color = class_color(label)
         cv2.rectangle(out, (x0, y0), (x1, y1), color, t, cv2.LINE_AA)
