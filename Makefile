@@ -21,6 +21,12 @@ test-all: setup
 demo: setup
 	$(VENV)/bin/yolo-prune info cfg/yolov3-tiny.cfg --size 416 \
 		--weights $(SHARED)/weights/yolov3-tiny.weights
+	$(VENV)/bin/yolo-prune detect --cfg cfg/yolov3-tiny.cfg \
+		--weights $(SHARED)/weights/yolov3-tiny.weights --names cfg/coco.names \
+		--source $(SHARED)/images --out out/demo/images
+	$(VENV)/bin/yolo-prune detect --cfg cfg/yolov3-tiny.cfg \
+		--weights $(SHARED)/weights/yolov3-tiny.weights --names cfg/coco.names \
+		--source $(SHARED)/video/street_360p.mp4 --out out/demo/video
 
 lint: setup
 	$(VENV)/bin/ruff check yolo_prune tests scripts
