@@ -1,0 +1,306 @@
+"""A torch Dataset for training detectors: image tensors and boxes in network-input pixels.
+
+Reads either layout :mod:`yolo_prune.data.coco` knows (COCO JSON, or YOLO txt labels). Bad input
+does not end a run: every problem is logged as a warning that names the file (and line), and
+
+* a label line that cannot be read (wrong field count, not numbers) or whose class is not in
+  ``[0, classes)``: the whole image is left out (its other labels cannot be trusted);
+* a box reaching outside the image: clipped to the image, or dropped if nothing is left;
+* an empty label file: the image is a background image (no objects), with a warning;
+* an image that cannot be decoded: the next image in the list is used in its place.
+
+Samples are a pure function of ``(seed, epoch, index)`` (see :func:`sample_seed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from yolo_prune.data.augment import AugmentConfig, apply_transform, build_transform
+from yolo_prune.data.coco import choose_split, load_coco_json
+from yolo_prune.data.images import list_images, load_image
+from yolo_prune.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """One usable training image and its objects."""
+
+    path: Path  # the image file
+    classes: np.ndarray  # [N] int64 class indices
+    boxes: np.ndarray  # [N, 4] float32 xyxy; normalised (0..1) if ``normalised`` else pixels
+    normalised: bool  # YOLO txt boxes are fractions of the image size, COCO JSON ones pixels
+
+
+def _where(path: Path, line: int | None = None) -> str:
+    return str(DataError("", path=path, line=line)).rstrip()
+
+
+def read_label_file(path: Path, *, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Leniently parse one YOLO label file (``class cx cy w h`` per line, normalised).
+
+    Returns:
+        ``(classes [N], boxes [N, 4] xyxy normalised, clipped to [0, 1])``, or ``None`` when the
+        file cannot be trusted (a warning names the file and line).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        logger.warning("%s not a readable text label file (%s); image skipped", _where(path), exc)
+        return None
+    classes, boxes = [], []
+    lines = [(n, raw.strip()) for n, raw in enumerate(text.splitlines(), start=1)]
+    lines = [(n, s) for n, s in lines if s]
+    if not lines:
+        logger.warning("%s empty label file; used as a background image (no objects)", _where(path))
+    for number, line in lines:
+        where = _where(path, number)
+        fields = line.split()
+        if len(fields) != 5:
+            logger.warning(
+                "%s expected 5 fields 'class cx cy w h', found %d (%r); image skipped",
+                where,
+                len(fields),
+                line[:60],
+            )
+            return None
+        try:
+            cls = int(fields[0])
+            cx, cy, w, h = (float(f) for f in fields[1:])
+        except ValueError:
+            logger.warning("%s %r is not 'int float float float float'; image skipped", where, line)
+            return None
+        if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+            logger.warning("%s box %r is not finite; image skipped", where, line)
+            return None
+        if not 0 <= cls < num_classes:
+            logger.warning(
+                "%s class %d is out of range; expected [0, %d) (check classes= in the cfg); "
+                "image skipped",
+                where,
+                cls,
+                num_classes,
+            )
+            return None
+        x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        cx0, cy0 = min(max(x0, 0.0), 1.0), min(max(y0, 0.0), 1.0)
+        cx1, cy1 = min(max(x1, 0.0), 1.0), min(max(y1, 0.0), 1.0)
+        if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
+            if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
+                logger.warning("%s box %s lies outside the image; dropped", where, line)
+                continue
+            if max(abs(cx0 - x0), abs(cy0 - y0), abs(cx1 - x1), abs(cy1 - y1)) > 1e-3:
+                logger.warning("%s box %s reaches outside the image; clipped", where, line)
+        if w <= 0 or h <= 0:
+            logger.warning("%s box %s has zero width or height; dropped", where, line)
+            continue
+        classes.append(cls)
+        boxes.append((cx0, cy0, cx1, cy1))
+    return (
+        np.asarray(classes, dtype=np.int64).reshape(-1),
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+    )
+
+
+def _yolo_records(root: Path, split: str, num_classes: int) -> list[TrainRecord]:
+    images_dir, labels_dir = root / "images" / split, root / "labels" / split
+    records = []
+    for path in list_images(images_dir):
+        label = labels_dir / f"{path.stem}.txt"
+        if not label.is_file():
+            parsed = (np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+        else:
+            parsed = read_label_file(label, num_classes=num_classes)
+        if parsed is not None:
+            records.append(TrainRecord(path, parsed[0], parsed[1], normalised=True))
+    return records
+
+
+def _coco_records(root: Path, split: str, num_classes: int) -> list[TrainRecord]:
+    ann = root / "annotations" / f"instances_{split}.json"
+    images = root / "images" / split if (root / "images" / split).is_dir() else root / split
+    data = load_coco_json(images, ann)
+    index = {cat: k for k, cat in enumerate(data.category_ids)}
+    records = []
+    for rec in data.images:
+        classes, boxes, bad = [], [], False
+        for a in data.gt.imgToAnns.get(rec.image_id, []):
+            if a.get("iscrowd", 0):
+                continue
+            cls = index.get(int(a["category_id"]))
+            if cls is None or cls >= num_classes:
+                logger.warning(
+                    "%s annotation %s of image %s: category %s is not one of the model's %d "
+                    "classes; image skipped",
+                    _where(ann),
+                    a.get("id"),
+                    rec.path.name,
+                    a["category_id"],
+                    num_classes,
+                )
+                bad = True
+                break
+            x, y, w, h = (float(v) for v in a["bbox"])
+            x0, y0 = max(x, 0.0), max(y, 0.0)
+            x1, y1 = min(x + w, rec.width), min(y + h, rec.height)
+            if x1 - x0 < 1 or y1 - y0 < 1:
+                continue
+            classes.append(cls)
+            boxes.append((x0, y0, x1, y1))
+        if not bad:
+            records.append(
+                TrainRecord(
+                    rec.path,
+                    np.asarray(classes, dtype=np.int64).reshape(-1),
+                    np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                    normalised=False,
+                )
+            )
+    return records
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` (independent of process/worker)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class TrainDataset(Dataset):
+    """Detection training samples at the network size.
+
+    Args:
+        root: dataset folder (COCO JSON or YOLO txt layout).
+        split: e.g. ``train2017``; ``None`` picks the first ``train*`` split, else the only one.
+        size: network input ``(height, width)`` or a square side, pixels.
+        num_classes: the model's classes; labels outside ``[0, num_classes)`` are rejected.
+        augment: random transforms; ``None`` for none (resize/letterbox only).
+        letterbox: keep aspect ratios (pad with grey) instead of stretching.
+        seed: base seed of the per-sample augmentation.
+        max_images: keep only the first images (overfitting tests, smoke runs).
+
+    Raises:
+        DataError: no dataset there, or no usable image in it.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        split: str | None = None,
+        size: int | tuple[int, int],
+        num_classes: int,
+        augment: AugmentConfig | None = None,
+        letterbox: bool = False,
+        seed: int = 0,
+        max_images: int | None = None,
+    ):
+        r = Path(root)
+        if not r.is_dir():
+            raise DataError("no such dataset folder; check the path", path=r)
+        self.split = choose_split(r, split if split is not None else _train_split(r))
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.num_classes = num_classes
+        if (r / "annotations" / f"instances_{self.split}.json").is_file():
+            records = _coco_records(r, self.split, num_classes)
+        else:
+            records = _yolo_records(r, self.split, num_classes)
+        if max_images is not None:
+            records = records[:max_images]
+        if not records:
+            raise DataError(f"no usable training image in split {self.split!r}", path=r)
+        self.records = records
+        self.transform = build_transform(self.size, augment=augment, letterbox=letterbox)
+        self.seed = seed
+        self.epoch = 0
+        self._bad: set[int] = set()
+        logger.info(
+            "%s/%s: %d training images, %d boxes",
+            r.name,
+            self.split,
+            len(records),
+            sum(len(rec.classes) for rec in records),
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentation of ``epoch`` (call before iterating each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``index``: ``(image [3, H, W] float RGB in [0, 1], labels [N, 5])``.
+
+        ``labels`` rows are ``(class, cx, cy, w, h)`` in network-input pixels.
+        """
+        n = len(self.records)
+        for k in range(n):
+            i = (index + k) % n
+            if i in self._bad:
+                continue
+            try:
+                image = load_image(self.records[i].path)
+            except DataError as exc:
+                logger.warning("%s; training on the next image in its place", exc)
+                self._bad.add(i)
+                continue
+            return self._sample(i, image, sample_seed(self.seed, self.epoch, index))
+        raise DataError("no image of the dataset can be read", path=self.records[0].path.parent)
+
+    def _sample(self, i: int, bgr: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = self.records[i]
+        h, w = bgr.shape[:2]
+        boxes = rec.boxes * np.array([w, h, w, h], np.float32) if rec.normalised else rec.boxes
+        boxes = boxes.copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        keep = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        image, out_boxes, out_classes = apply_transform(
+            self.transform, rgb, boxes[keep], rec.classes[keep], seed=seed
+        )
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        b = torch.from_numpy(out_boxes)
+        labels = torch.cat(
+            (
+                torch.from_numpy(out_classes).float()[:, None],
+                (b[:, :2] + b[:, 2:]) / 2,
+                b[:, 2:] - b[:, :2],
+            ),
+            dim=1,
+        )
+        return x, labels
+
+
+def _train_split(root: Path) -> str | None:
+    # choose_split prefers val*; for training prefer the (first) train* split.
+    images = root / "images"
+    found = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+    found = [s for s in found if s.startswith("train")]
+    return found[0] if found else None
+
+
+def collate_detection(
+    batch: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack images and keep each image's boxes: ``(images [B, 3, H, W], targets [M, 6])``.
+
+    ``targets`` rows are ``(image index in batch, class, cx, cy, w, h)``, input pixels, the
+    format :class:`~yolo_prune.detect.loss.YoloLoss` takes.
+    """
+    images = torch.stack([x for x, _ in batch])
+    rows = [
+        torch.cat((torch.full((len(labels), 1), float(i)), labels), dim=1)
+        for i, (_, labels) in enumerate(batch)
+    ]
+    targets = torch.cat(rows) if rows else torch.zeros(0, 6)
+    return images, targets
