@@ -48,6 +48,7 @@ class TrainState:
     loss: torch.Tensor | None = None  # the current step's total loss (after loss hooks)
     log: dict[str, float] = field(default_factory=dict)  # figures hooks want reported
     stop: bool = False  # set by a hook to end the run after the current step
+    hooks: list[Any] = field(default_factory=list)  # the loop's hooks (a checkpoint saves theirs)
 
 
 class Hook:

@@ -53,6 +53,10 @@ class Trainer:
         device: where batches are moved before ``compute_loss``.
         max_steps_per_epoch: cut every epoch short after this many steps (tests, smoke runs).
         grad_clip: clip the gradient norm to this value after the hooks' ``after_backward``.
+        accumulate: batches whose gradients are summed per optimizer step (each batch's loss
+            is divided by it); ``state.step``/``state.epoch_step`` count optimizer steps, and the
+            hooks' ``before_step``/``after_backward``/``after_step`` run once per optimizer
+            step. Batches left over at an epoch's end are dropped.
     """
 
     def __init__(
@@ -65,7 +69,11 @@ class Trainer:
         device: torch.device | str = "cpu",
         max_steps_per_epoch: int | None = None,
         grad_clip: float | None = None,
+        accumulate: int = 1,
     ):
+        if accumulate < 1:
+            raise ValueError(f"accumulate={accumulate}; expected a positive integer")
+        self.accumulate = accumulate
         self.model = model
         self.optimizer = optimizer
         self.compute_loss = compute_loss
@@ -73,24 +81,45 @@ class Trainer:
         self.device = torch.device(device)
         self.max_steps_per_epoch = max_steps_per_epoch
         self.grad_clip = grad_clip
-        self.state = TrainState(model=model, optimizer=optimizer)
+        self.state = TrainState(model=model, optimizer=optimizer, hooks=self.hooks)
+        self._micro = 0  # batches accumulated towards the next optimizer step
 
     def _call(self, point: str) -> None:
         for hook in self.hooks:
             getattr(hook, point)(self.state)
 
-    def fit(self, loader: Iterable[Any], *, epochs: int, start_epoch: int = 0) -> TrainState:
-        """Train from ``start_epoch`` up to (not including) ``epochs``; return the final state."""
+    def fit(
+        self,
+        loader: Iterable[Any],
+        *,
+        epochs: int,
+        start_epoch: int = 0,
+        start_step: int | None = None,
+        start_epoch_step: int = 0,
+    ) -> TrainState:
+        """Train from ``start_epoch`` up to (not including) ``epochs``; return the final state.
+
+        To resume in mid-epoch, pass the ``start_step`` (total) and ``start_epoch_step`` (within
+        ``start_epoch``) that were reached; the loader must then yield only that epoch's
+        remaining batches (a hook's ``before_epoch`` can position a sampler).
+        """
         state = self.state
         state.epoch, state.epochs, state.stop = start_epoch, epochs, False
+        if start_step is not None:
+            state.step = start_step
+        state.epoch_step = start_epoch_step
         self.model.train()
         self._call("before_train")
         for epoch in range(start_epoch, epochs):
-            state.epoch, state.epoch_step = epoch, 0
+            state.epoch = epoch
+            if epoch != start_epoch:
+                state.epoch_step = 0
+            self._micro = 0
             self._call("before_epoch")
             for batch in loader:
                 state.batch = to_device(batch, self.device)
-                self.run_step()
+                if not self.run_step():
+                    continue
                 state.step += 1
                 state.epoch_step += 1
                 if state.stop or (
@@ -105,21 +134,31 @@ class Trainer:
         self._call("after_train")
         return state
 
-    def run_step(self) -> None:
-        """One optimizer step on ``self.state.batch``; override for AMP, accumulation, etc."""
+    def run_step(self) -> bool:
+        """Forward/backward ``self.state.batch``; step the optimizer once ``accumulate``
+        batches are in. Returns whether it stepped. Override for AMP etc."""
         state = self.state
-        self._call("before_step")
-        self.optimizer.zero_grad(set_to_none=True)
+        if self._micro == 0:
+            self._call("before_step")
+            self.optimizer.zero_grad(set_to_none=True)
         loss = self.compute_loss(self.model, state.batch)
         for hook in self.hooks:
             loss = hook.loss(state, loss)
-        state.loss = loss.detach()
+        if self.accumulate > 1:
+            loss = loss / self.accumulate
         loss.backward()
+        detached = loss.detach()
+        state.loss = detached if self._micro == 0 else state.loss + detached
+        self._micro += 1
+        if self._micro < self.accumulate:
+            return False
+        self._micro = 0
         self._call("after_backward")
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self._call("after_step")
+        return True
 
 
 def fit(
