@@ -55,10 +55,19 @@ class ModelEMA:
 
 
 class EMAHook(Hook):
-    """Update a :class:`ModelEMA` after every optimizer step; checkpoints carry its state."""
+    """Update a :class:`ModelEMA` after every optimizer step; checkpoints carry its state.
+
+    A fresh EMA (no update yet) restarts from the model at ``before_train``, after the hooks
+    placed before this one have run theirs (so an EMA starts from the masked weights).
+    """
 
     def __init__(self, ema: ModelEMA):
         self.ema = ema
+
+    @torch.no_grad()
+    def before_train(self, state: TrainState) -> None:
+        if self.ema.updates == 0:
+            self.ema.module.load_state_dict(state.model.state_dict())
 
     def after_step(self, state: TrainState) -> None:
         self.ema.update(state.model)

@@ -1,0 +1,161 @@
+"""Fine-tuning a detector: outputs written, SIGKILL + resume equals an uninterrupted run,
+pruning masks stay exactly zero, bad data does not end the run."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolo_prune.darknet import Darknet
+from yolo_prune.data.augment import AugmentConfig
+from yolo_prune.detect.train import TrainConfig, train_detector
+from yolo_prune.engine.checkpoint import load_checkpoint
+
+TINY_CFG = Path(__file__).resolve().parents[1] / "prune" / "tiny_detector.cfg"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(shared_data, tmp_path_factory) -> Path:
+    """8 coco128 train images, their labels folded onto the tiny detector's 2 classes."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    src = shared_data / "coco128"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    for image in sorted((src / "images" / "train2017").glob("*.jpg"))[:8]:
+        shutil.copy(image, root / "images" / "train" / image.name)
+        lines = (src / "labels" / "train2017" / f"{image.stem}.txt").read_text().split("\n")
+        folded = [f"{int(s.split()[0]) % 2} {' '.join(s.split()[1:])}" for s in lines if s.strip()]
+        (root / "labels" / "train" / f"{image.stem}.txt").write_text("\n".join(folded) + "\n")
+    return root
+
+
+def _config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        cfg=TINY_CFG,
+        data=data,
+        out=out,
+        epochs=3,
+        size=64,
+        batch_size=2,
+        lr=1e-3,
+        warmup_epochs=1.0,
+        augment=AugmentConfig(),
+        deterministic=True,
+        ema_tau=3.0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_writes_checkpoint_metrics_and_weights(tiny_data, tmp_path):
+    result = train_detector(_config(tiny_data, tmp_path, val=tiny_data, val_split="train"))
+    assert result["steps"] == 12
+    assert [r["epoch"] for r in result["history"]] == [0, 1, 2]
+    assert all(0.0 <= r["val_AP50"] <= 1.0 for r in result["history"])
+    assert {p.name for p in tmp_path.iterdir()} == {"last.pt", "metrics.json", "final.weights"}
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"], ckpt["epoch_done"]) == (2, 12, True)
+    model = Darknet.from_cfg(TINY_CFG, size=64)
+    model.load_weights(tmp_path / "final.weights")
+    for name, value in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        torch.testing.assert_close(value, result["ema"].state_dict()[name])
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+_KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from yolo_prune.data.augment import AugmentConfig
+from yolo_prune.detect.train import TrainConfig, train_detector
+from yolo_prune.engine import Hook
+
+class Kill(Hook):
+    def after_step(self, state):
+        if state.step == 6:  # epoch 1, third step of four; checkpoint of step 6 not yet written
+            os.kill(os.getpid(), signal.SIGKILL)
+
+config = TrainConfig(cfg=Path(sys.argv[1]), data=Path(sys.argv[2]), out=Path(sys.argv[3]),
+    epochs=3, size=64, batch_size=2, lr=1e-3, warmup_epochs=1.0, augment=AugmentConfig(),
+    deterministic=True, ema_tau=3.0, checkpoint_every=1)
+train_detector(config, hooks=[Kill()])
+"""
+
+
+def test_sigkill_in_mid_epoch_then_resume_equals_uninterrupted(tiny_data, tmp_path):
+    ref = train_detector(_config(tiny_data, tmp_path / "ref"))
+    cut = tmp_path / "cut"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_KILLED_RUN),
+            str(TINY_CFG),
+            str(tiny_data),
+            str(cut),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ckpt = load_checkpoint(cut / "last.pt")
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt["epoch_done"]) == (1, 2, 6, False)
+    resumed = train_detector(_config(tiny_data, cut, resume=True, checkpoint_every=1))
+    assert resumed["steps"] == ref["steps"] == 12
+    for which in ("model", "ema"):
+        a, b = resumed[which].state_dict(), ref[which].state_dict()
+        for name in b:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=f"{which} {name}")
+    assert (cut / "final.weights").read_bytes() == (tmp_path / "ref" / "final.weights").read_bytes()
+
+
+def test_pruning_masks_keep_pruned_weights_exactly_zero(tiny_data, tmp_path):
+    from yolo_prune.prune.masks import MaskHook
+
+    model = Darknet.from_cfg(TINY_CFG, size=64)
+    torch.manual_seed(0)
+    masks = {
+        name: p.detach().abs() > p.detach().abs().median()
+        for name, p in model.named_parameters()
+        if p.ndim == 4
+    }
+    result = train_detector(
+        _config(tiny_data, tmp_path, epochs=2, weight_decay=5e-3),
+        model=model,
+        hooks=[MaskHook(masks)],
+    )
+    saved = Darknet.from_cfg(TINY_CFG, size=64)
+    saved.load_weights(tmp_path / "final.weights")
+    ckpt = load_checkpoint(tmp_path / "last.pt")["model"]
+    params = dict(saved.named_parameters())
+    for name, keep in masks.items():
+        assert torch.count_nonzero(params[name][~keep]) == 0, name
+        assert torch.count_nonzero(ckpt[name][~keep]) == 0, name
+        assert torch.count_nonzero(params[name][keep]) == int(keep.sum()), name
+    assert result["steps"] == 8
+
+
+def test_bad_label_and_bad_image_do_not_end_the_run(tiny_data, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    labels = sorted((data / "labels" / "train").glob("*.txt"))
+    labels[0].write_text("0 0.5 0.5 0.1\n")
+    labels[1].write_text("9 0.5 0.5 0.1 0.1\n")
+    images = sorted((data / "images" / "train").glob("*.jpg"))
+    images[2].write_bytes(b"broken")
+    with caplog.at_level(logging.WARNING):
+        result = train_detector(_config(data, tmp_path / "out", epochs=1))
+    assert result["steps"] == 3  # 6 usable images, batch 2
+    assert f"{labels[0].name}:1: expected 5 fields" in caplog.text
+    assert f"{labels[1].name}:1: class 9 is out of range" in caplog.text
+    assert images[2].name in caplog.text
