@@ -52,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also save every N steps")
     p.add_argument("--max-images", type=int, help="train on the first N images only")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -89,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             max_images=args.max_images,
             resume=args.resume,
             device=args.device,
+            amp=args.amp,
             progress=not args.no_progress,
         )
     except ValueError as exc:

@@ -84,6 +84,7 @@ class TrainConfig:
     max_images: int | None = None  # train on the first images only (overfitting, smoke runs)
     resume: bool = False  # continue from ``out/last.pt`` if it is there
     device: str = "cpu"  # cpu or cuda
+    amp: bool = False  # mixed precision (float16 + grad scaler on CUDA, bfloat16 on CPU)
     progress: bool = False  # tqdm progress bars
     max_steps: int | None = None  # stop after this many optimizer steps in all (tests)
 
@@ -348,12 +349,15 @@ def train_detector(
         device=info.device,
         grad_clip=config.grad_clip,
         accumulate=config.accumulate,
+        amp=config.amp,
     )
     start_epoch, start_step, start_epoch_step = 0, 0, 0
     ckpt = config.out / "last.pt"
     if config.resume and ckpt.is_file():
         data = load_checkpoint(ckpt, map_location=info.device)
-        restore_checkpoint(data, model=net, optimizer=optimizer, hooks=all_hooks)
+        restore_checkpoint(
+            data, model=net, optimizer=optimizer, hooks=all_hooks, scaler=trainer.scaler
+        )
         start_epoch, start_step, start_epoch_step = resume_position(data)
         logger.info(
             "resuming from %s at epoch %d, step %d (%d into the epoch)",

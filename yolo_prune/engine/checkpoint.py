@@ -114,6 +114,7 @@ def save_checkpoint(
         "epoch_done": epoch_done,
         "rng": rng_state(),
         "hooks": hook_states(state.hooks),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
         "extra": dict(extra or {}),
     }
     buffer = io.BytesIO()
@@ -158,6 +159,7 @@ def restore_checkpoint(
     optimizer: torch.optim.Optimizer,
     hooks: Sequence[Hook] = (),
     restore_rng: bool = True,
+    scaler: Any = None,
 ) -> None:
     """Load a checkpoint's model, optimizer, hook and RNG states into a fresh run.
 
@@ -179,6 +181,8 @@ def restore_checkpoint(
         )
     for key, hook in wanted.items():
         hook.load_state_dict(saved[key])
+    if scaler is not None and data.get("scaler") is not None:
+        scaler.load_state_dict(data["scaler"])
     if restore_rng:
         set_rng_state(data["rng"])
 

@@ -49,6 +49,7 @@ class TrainState:
     log: dict[str, float] = field(default_factory=dict)  # figures hooks want reported
     stop: bool = False  # set by a hook to end the run after the current step
     hooks: list[Any] = field(default_factory=list)  # the loop's hooks (a checkpoint saves theirs)
+    scaler: Any = None  # the AMP gradient scaler (CUDA float16 only), else None
 
 
 class Hook:

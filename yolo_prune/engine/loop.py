@@ -57,6 +57,8 @@ class Trainer:
             is divided by it); ``state.step``/``state.epoch_step`` count optimizer steps, and the
             hooks' ``before_step``/``after_backward``/``after_step`` run once per optimizer
             step. Batches left over at an epoch's end are dropped.
+        amp: mixed precision: float16 autocast with a gradient scaler on CUDA (hooks'
+            ``after_backward`` sees unscaled gradients), bfloat16 autocast on CPU.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class Trainer:
         max_steps_per_epoch: int | None = None,
         grad_clip: float | None = None,
         accumulate: int = 1,
+        amp: bool = False,
     ):
         if accumulate < 1:
             raise ValueError(f"accumulate={accumulate}; expected a positive integer")
@@ -83,6 +86,11 @@ class Trainer:
         self.grad_clip = grad_clip
         self.state = TrainState(model=model, optimizer=optimizer, hooks=self.hooks)
         self._micro = 0  # batches accumulated towards the next optimizer step
+        self.amp = amp
+        cuda = self.device.type == "cuda"
+        self._amp_dtype = torch.float16 if cuda else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda") if amp and cuda else None
+        self.state.scaler = self.scaler
 
     def _call(self, point: str) -> None:
         for hook in self.hooks:
@@ -141,22 +149,29 @@ class Trainer:
         if self._micro == 0:
             self._call("before_step")
             self.optimizer.zero_grad(set_to_none=True)
-        loss = self.compute_loss(self.model, state.batch)
-        for hook in self.hooks:
-            loss = hook.loss(state, loss)
+        with torch.autocast(self.device.type, dtype=self._amp_dtype, enabled=self.amp):
+            loss = self.compute_loss(self.model, state.batch)
+            for hook in self.hooks:
+                loss = hook.loss(state, loss)
         if self.accumulate > 1:
             loss = loss / self.accumulate
-        loss.backward()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         detached = loss.detach()
         state.loss = detached if self._micro == 0 else state.loss + detached
         self._micro += 1
         if self._micro < self.accumulate:
             return False
         self._micro = 0
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         self._call("after_backward")
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self._call("after_step")
         return True
 
