@@ -208,3 +208,9 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tiny_da
     moved = max(float((a["model"][n] - start[n]).abs().max()) for n in names)
     assert moved > 1e-4
     assert max(float((a["model"][n] - b["model"][n]).abs().max()) for n in names) < moved / 100
+
+
+def test_val_figures_only_in_epochs_that_validated(tiny_data, tmp_path):
+    config = _config(tiny_data, tmp_path, epochs=3, val=tiny_data, val_split="train", val_every=2)
+    history = train_detector(config)["history"]
+    assert ["val_AP50" in row for row in history] == [False, True, True]

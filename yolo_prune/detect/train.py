@@ -152,6 +152,7 @@ class _FiguresHook(Hook):
 
     def before_epoch(self, state: TrainState) -> None:
         self.sums, self.n = {}, 0
+        state.log.clear()  # no figure of an earlier epoch (val AP) is reported as this one's
         if self.config.progress and self.info.is_main:
             from tqdm import tqdm
 
