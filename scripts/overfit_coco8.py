@@ -4,7 +4,9 @@
 
 Copies the first 8 coco128 train images and labels into ``OUT/data/{images,labels}/train``,
 then runs ``yolo-prune train`` on them (Adam, no augmentation, no EMA) with validation on the
-same 8 images; metrics.json holds AP/AP50 every ``--val-every`` epochs.
+same 8 images and batch-norm momentum 0.1 (with Darknet's 0.01 the running statistics lag
+the fast-changing weights of a from-scratch run); metrics.json holds AP/AP50 every
+``--val-every`` epochs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if __name__ == "__main__":
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--val-every", type=int, default=25)
+    p.add_argument("--bn-momentum", default="0.1")
     a = p.parse_args()
     data = a.out / "data"
     for sub in ("images", "labels"):
@@ -41,5 +44,6 @@ if __name__ == "__main__":
                  "--epochs", str(a.epochs), "--out", str(a.out / "run"), "--size", str(a.size),
                  "--batch-size", str(a.batch_size), "--optimizer", "adam", "--lr", str(a.lr),
                  "--weight-decay", "0", "--warmup-epochs", "5", "--no-augment", "--no-ema",
-                 "--val-every", str(a.val_every), "--no-progress"])  # fmt: skip
+                 "--val-every", str(a.val_every), "--bn-momentum", a.bn_momentum,
+                 "--no-progress"])  # fmt: skip
     print(json.dumps({"train_minutes": (time.time() - t0) / 60, "exit": code}))

@@ -214,3 +214,9 @@ def test_val_figures_only_in_epochs_that_validated(tiny_data, tmp_path):
     config = _config(tiny_data, tmp_path, epochs=3, val=tiny_data, val_split="train", val_every=2)
     history = train_detector(config)["history"]
     assert ["val_AP50" in row for row in history] == [False, True, True]
+
+
+def test_bn_momentum_override(tiny_data, tmp_path):
+    result = train_detector(_config(tiny_data, tmp_path, epochs=1, bn_momentum=0.1))
+    moms = {m.momentum for m in result["model"].modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert moms == {0.1}

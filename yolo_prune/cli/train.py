@@ -42,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / Adam beta1")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv weights")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear LR warm-up")
+    p.add_argument("--bn-momentum", type=float, help="batch-norm momentum (default: 0.01)")
     p.add_argument("--no-ema", action="store_true", help="do not keep an EMA of the weights")
     p.add_argument("--no-augment", action="store_true", help="no flips, HSV, scale/translate")
     p.add_argument("--letterbox", action="store_true", help="keep aspect ratio (pad)")
@@ -79,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             momentum=args.momentum,
             weight_decay=args.weight_decay,
             warmup_epochs=args.warmup_epochs,
+            bn_momentum=args.bn_momentum,
             ema=not args.no_ema,
             augment=None if args.no_augment else AugmentConfig(),
             letterbox=args.letterbox,

@@ -76,6 +76,8 @@ class TrainConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     letterbox: bool = False  # keep aspect ratio in training and validation
     grad_clip: float | None = 10.0  # clip the gradient norm (None: no clipping)
+    bn_momentum: float | None = None  # override batch-norm momentum (None: the model's, 0.01
+    # as in Darknet; from random init in few steps the running statistics lag far behind: 0.1)
     seed: int = 0  # shuffling, augmentation and random-init seed
     deterministic: bool = False  # torch deterministic algorithms (exact resume on CPU)
     workers: int = 0  # DataLoader worker processes
@@ -103,6 +105,8 @@ class TrainConfig:
             raise ConfigError("warmup_epochs must be >= 0 and final_lr_ratio in [0, 1]")
         if self.size is not None and (self.size < 32 or self.size % 32):
             raise ConfigError(f"size={self.size}; expected a multiple of 32")
+        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
+            raise ConfigError(f"bn_momentum={self.bn_momentum}; expected (0, 1]")
         if self.val_every < 1 or self.checkpoint_every < 0 or self.workers < 0:
             raise ConfigError("val_every >= 1, checkpoint_every >= 0 and workers >= 0")
 
@@ -265,6 +269,10 @@ def train_detector(
     _seed_everything(config.seed)
     net = build_model(config) if model is None else model
     net.to(info.device)
+    if config.bn_momentum is not None:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = config.bn_momentum
     _, height, width = net.input_shape
     classes = YoloLoss.from_model(net).heads[0].classes
     dataset = TrainDataset(
