@@ -220,3 +220,13 @@ def test_bn_momentum_override(tiny_data, tmp_path):
     result = train_detector(_config(tiny_data, tmp_path, epochs=1, bn_momentum=0.1))
     moms = {m.momentum for m in result["model"].modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert moms == {0.1}
+
+
+def test_conflicting_model_and_options_are_refused(tiny_data, tmp_path):
+    from yolo_prune.errors import ConfigError
+
+    model = Darknet.from_cfg(TINY_CFG, size=32)
+    with pytest.raises(ConfigError, match="built for 32x32 but config.size is 64"):
+        train_detector(_config(tiny_data, tmp_path), model=model)
+    with pytest.raises(ConfigError, match="either a model or config.weights"):
+        train_detector(_config(tiny_data, tmp_path, weights=tmp_path / "w"), model=model)

@@ -265,6 +265,14 @@ def train_detector(
     Raises:
         ConfigError, DataError, WeightsError: bad options, data or checkpoint.
     """
+    if model is not None and config.weights is not None:
+        raise ConfigError("give either a model or config.weights, not both")
+    built = tuple(model.input_shape[1:]) if model is not None else None
+    if built is not None and config.size is not None and built != (config.size, config.size):
+        raise ConfigError(
+            f"the model is built for {built[0]}x{built[1]} but config.size is {config.size}; "
+            "build it at that size or leave size unset"
+        )
     info = init_distributed(config.device)
     _seed_everything(config.seed)
     net = build_model(config) if model is None else model
