@@ -35,12 +35,12 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_train_then_resume_a_finished_run(data, tmp_path, capsys):
-    assert main(_args(data, tmp_path)) == 0
+    assert main(_args(data, tmp_path, "--mosaic", "0.5")) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line[0] == "{"]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
     before = (tmp_path / "final.weights").read_bytes()
-    assert main(_args(data, tmp_path, "--resume")) == 0
+    assert main(_args(data, tmp_path, "--mosaic", "0.5", "--resume")) == 0
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
     assert (tmp_path / "final.weights").read_bytes() == before
 
@@ -51,6 +51,7 @@ def test_train_then_resume_a_finished_run(data, tmp_path, capsys):
         (["--size", "50"], "size=50; expected a multiple of 32"),
         (["--lr", "-1"], "lr=-1.0; expected a positive number"),
         (["--batch-size", "8"], "make no full step of batch_size 8"),
+        (["--mosaic", "2"], "mosaic=2.0; expected a probability"),
     ],
 )
 def test_bad_options_are_one_line_errors(data, tmp_path, capsys, extra, match):

@@ -118,3 +118,21 @@ def test_coco_json_layout_and_epoch_seeding(shared_data):
     assert ((l0[:, 0] >= 0) & (l0[:, 0] < 80)).all()
     ds.set_epoch(1)
     assert not torch.equal(ds[1][0], x0)
+
+
+def test_mosaic_tiles_four_images_and_reproduces(tmp_path):
+    from yolo_prune.data.augment import AugmentConfig
+
+    labels = {f"im{k}": f"{k} 0.5 0.5 0.5 0.5\n" for k in range(4)}
+    root = _write_dataset(tmp_path, labels)
+    aug = AugmentConfig(mosaic=1.0, hsv_p=0.0, flip=0.0, affine_p=0.0)
+    ds = TrainDataset(root, size=64, num_classes=4, augment=aug)
+    for index in range(4):
+        x, lab = ds[index]
+        assert x.shape == (3, 64, 64)
+        assert index in lab[:, 0].tolist()  # the image asked for is always in its mosaic
+        xyxy = torch.cat((lab[:, 1:3] - lab[:, 3:5] / 2, lab[:, 1:3] + lab[:, 3:5] / 2), 1)
+        assert bool((xyxy >= -1e-4).all() and (xyxy <= 64 + 1e-4).all())
+        assert bool((lab[:, 3:5] > 0).all())
+        torch.testing.assert_close(ds[index][1], lab)
+    assert max(len(ds[i][1]) for i in range(4)) > 1

@@ -45,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bn-momentum", type=float, help="batch-norm momentum (default: 0.01)")
     p.add_argument("--no-ema", action="store_true", help="do not keep an EMA of the weights")
     p.add_argument("--no-augment", action="store_true", help="no flips, HSV, scale/translate")
+    p.add_argument("--mosaic", type=float, default=0.0, help="fraction of 4-image mosaics")
     p.add_argument("--letterbox", action="store_true", help="keep aspect ratio (pad)")
     p.add_argument("--seed", type=int, default=0, help="shuffle/augmentation/init seed")
     p.add_argument("--deterministic", action="store_true", help="deterministic torch kernels")
@@ -82,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             warmup_epochs=args.warmup_epochs,
             bn_momentum=args.bn_momentum,
             ema=not args.no_ema,
-            augment=None if args.no_augment else AugmentConfig(),
+            augment=None if args.no_augment else AugmentConfig(mosaic=args.mosaic),
             letterbox=args.letterbox,
             seed=args.seed,
             deterministic=args.deterministic,

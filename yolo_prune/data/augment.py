@@ -33,9 +33,10 @@ class AugmentConfig:
     translate: float = 0.1  # shift drawn from [-translate, translate] of the image side
     affine_p: float = 0.5  # probability of the scale/translate
     min_visibility: float = 0.2  # drop boxes keeping less than this fraction of their area
+    mosaic: float = 0.0  # fraction of samples tiled from 4 images (TrainDataset does it)
 
     def __post_init__(self) -> None:
-        for name in ("hsv_p", "flip", "affine_p", "min_visibility"):
+        for name in ("hsv_p", "flip", "affine_p", "min_visibility", "mosaic"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"AugmentConfig.{name}={v}; expected a probability in [0, 1]")

@@ -9,6 +9,9 @@ does not end a run: every problem is logged as a warning that names the file (an
 * an empty label file: the image is a background image (no objects), with a warning;
 * an image that cannot be decoded: the next image in the list is used in its place.
 
+With ``AugmentConfig.mosaic`` > 0, that fraction of samples are mosaics: four images (the one
+asked for and three drawn at random) tiled around a random centre, then transformed as one.
+
 Samples are a pure function of ``(seed, epoch, index)`` (see :func:`sample_seed`).
 """
 
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from yolo_prune.data.augment import AugmentConfig, apply_transform, build_transform
+from yolo_prune.data.augment import FILL, AugmentConfig, apply_transform, build_transform
 from yolo_prune.data.coco import choose_split, load_coco_json
 from yolo_prune.data.images import list_images, load_image
 from yolo_prune.errors import DataError
@@ -219,6 +222,7 @@ class TrainDataset(Dataset):
             raise DataError(f"no usable training image in split {self.split!r}", path=r)
         self.records = records
         self.transform = build_transform(self.size, augment=augment, letterbox=letterbox)
+        self.mosaic = augment.mosaic if augment is not None else 0.0
         self.seed = seed
         self.epoch = 0
         self._bad: set[int] = set()
@@ -242,31 +246,15 @@ class TrainDataset(Dataset):
 
         ``labels`` rows are ``(class, cx, cy, w, h)`` in network-input pixels.
         """
-        n = len(self.records)
-        for k in range(n):
-            i = (index + k) % n
-            if i in self._bad:
-                continue
-            try:
-                image = load_image(self.records[i].path)
-            except DataError as exc:
-                logger.warning("%s; training on the next image in its place", exc)
-                self._bad.add(i)
-                continue
-            return self._sample(i, image, sample_seed(self.seed, self.epoch, index))
-        raise DataError("no image of the dataset can be read", path=self.records[0].path.parent)
-
-    def _sample(self, i: int, bgr: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rec = self.records[i]
-        h, w = bgr.shape[:2]
-        boxes = rec.boxes * np.array([w, h, w, h], np.float32) if rec.normalised else rec.boxes
-        boxes = boxes.copy()
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        keep = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        seed = sample_seed(self.seed, self.epoch, index)
+        rng = np.random.default_rng(seed)
+        if self.mosaic > 0 and rng.random() < self.mosaic:
+            others = rng.integers(0, len(self.records), size=3).tolist()
+            rgb, boxes, classes = self._mosaic([index, *others], rng)
+        else:
+            rgb, boxes, classes = self._load(index)
         image, out_boxes, out_classes = apply_transform(
-            self.transform, rgb, boxes[keep], rec.classes[keep], seed=seed
+            self.transform, rgb, boxes, classes, seed=seed
         )
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
         b = torch.from_numpy(out_boxes)
@@ -279,6 +267,68 @@ class TrainDataset(Dataset):
             dim=1,
         )
         return x, labels
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(RGB image, boxes [N, 4] xyxy pixels inside it, classes [N])`` of ``index``, or
+        of the next readable image when it cannot be decoded (with a warning, once)."""
+        n = len(self.records)
+        for k in range(n):
+            i = (index + k) % n
+            if i in self._bad:
+                continue
+            try:
+                bgr = load_image(self.records[i].path)
+            except DataError as exc:
+                logger.warning("%s; training on the next image in its place", exc)
+                self._bad.add(i)
+                continue
+            rec = self.records[i]
+            h, w = bgr.shape[:2]
+            scale = np.array([w, h, w, h], np.float32) if rec.normalised else np.ones(4, np.float32)
+            boxes = rec.boxes * scale
+            boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+            keep = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), boxes[keep], rec.classes[keep]
+        raise DataError("no image of the dataset can be read", path=self.records[0].path.parent)
+
+    def _mosaic(
+        self, indices: list[int], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Four images around a random centre of a ``2s x 2s`` grey canvas (``s`` the longer
+        input side), each scaled to longest side ``s``; boxes shifted and clipped with them."""
+        s = max(self.size)
+        canvas = np.full((2 * s, 2 * s, 3), FILL, dtype=np.uint8)
+        xc, yc = (int(v) for v in rng.integers(s // 2, 3 * s // 2, size=2))
+        all_boxes, all_classes = [], []
+        for k, index in enumerate(indices):
+            rgb, boxes, classes = self._load(index)
+            h0, w0 = rgb.shape[:2]
+            r = s / max(h0, w0)
+            w, h = max(1, round(w0 * r)), max(1, round(h0 * r))
+            rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+            boxes = boxes * np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+            # corner of the canvas region (a) and of the image part (b) it shows
+            if k == 0:  # top left of the centre
+                xa0, ya0, xa1, ya1 = max(xc - w, 0), max(yc - h, 0), xc, yc
+                xb0, yb0 = w - (xa1 - xa0), h - (ya1 - ya0)
+            elif k == 1:  # top right
+                xa0, ya0, xa1, ya1 = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
+                xb0, yb0 = 0, h - (ya1 - ya0)
+            elif k == 2:  # bottom left
+                xa0, ya0, xa1, ya1 = max(xc - w, 0), yc, xc, min(yc + h, 2 * s)
+                xb0, yb0 = w - (xa1 - xa0), 0
+            else:  # bottom right
+                xa0, ya0, xa1, ya1 = xc, yc, min(xc + w, 2 * s), min(yc + h, 2 * s)
+                xb0, yb0 = 0, 0
+            canvas[ya0:ya1, xa0:xa1] = rgb[yb0 : yb0 + (ya1 - ya0), xb0 : xb0 + (xa1 - xa0)]
+            shifted = boxes + np.array([xa0 - xb0, ya0 - yb0] * 2, np.float32)
+            shifted[:, 0::2] = shifted[:, 0::2].clip(xa0, xa1)
+            shifted[:, 1::2] = shifted[:, 1::2].clip(ya0, ya1)
+            keep = (shifted[:, 2] - shifted[:, 0] >= 2) & (shifted[:, 3] - shifted[:, 1] >= 2)
+            all_boxes.append(shifted[keep])
+            all_classes.append(classes[keep])
+        return canvas, np.concatenate(all_boxes), np.concatenate(all_classes)
 
 
 def _train_split(root: Path) -> str | None:
