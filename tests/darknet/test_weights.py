@@ -55,7 +55,7 @@ def test_file_order_bn_then_weights(tmp_path):
     conv, fc = model.layers[0], model.layers[1]
     got = [conv.bn.bias, conv.bn.weight, conv.bn.running_mean, conv.bn.running_var, conv.conv.weight,
            fc.fc.bias, fc.fc.weight, fc.bn.weight, fc.bn.running_mean]  # fmt: skip
-    assert [float(t.flatten()[0]) for t in got] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [float(t.detach().flatten()[0]) for t in got] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert float(fc.bn.running_var[0]) == 10
 
 
