@@ -30,6 +30,11 @@ class Case:
         torch.manual_seed(seed)
         return self.build()
 
+    @staticmethod
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The loss to train any case with (see :func:`toy_loss`)."""
+        return toy_loss(model, batch)
+
     def batch(self, n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         return torch.rand(n, *self.input_shape, generator=g), torch.randint(

@@ -120,7 +120,6 @@ def test_update_keeps_z_feasible_and_u_is_what_was_cut():
 
 @pytest.mark.parametrize("projection", ["global", "layer", "filter"])
 def test_admm_pruner_end_to_end_exact_sparsity(case2, projection):
-    from conftest import toy_loss
 
     model = case2.model()
     batches = [case2.batch(seed=i) for i in range(2)]
@@ -129,7 +128,7 @@ def test_admm_pruner_end_to_end_exact_sparsity(case2, projection):
     def fit(phase, epochs, hooks):
         phases.append((phase, epochs))
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        Trainer(model, opt, toy_loss, hooks=hooks).fit(batches, epochs=epochs)
+        Trainer(model, opt, case2.loss, hooks=hooks).fit(batches, epochs=epochs)
 
     cfg = ADMMConfig(ratio=0.5, projection=projection, epochs=2, stages=2, retrain_epochs=1)
     result = ADMMPruner(cfg).run(model, fit=fit)
@@ -147,14 +146,13 @@ def test_admm_pruner_end_to_end_exact_sparsity(case2, projection):
 
 
 def test_admm_with_conservative_policy_respects_caps(classifier):
-    from conftest import toy_loss
 
     model = classifier.model()
     batches = [classifier.batch(seed=i) for i in range(2)]
 
     def fit(phase, epochs, hooks):
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        Trainer(model, opt, toy_loss, hooks=hooks).fit(batches, epochs=epochs)
+        Trainer(model, opt, classifier.loss, hooks=hooks).fit(batches, epochs=epochs)
 
     policy = ConservativePolicy(first_cap=0.2, last_cap=1.0)
     cfg = ADMMConfig(

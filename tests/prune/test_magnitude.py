@@ -15,7 +15,6 @@ pytestmark = pytest.mark.usefixtures("flush_denormals")
 
 
 def _fit_for(model, case, log=None):
-    from conftest import toy_loss
 
     batches = [case.batch(seed=i) for i in range(2)]
 
@@ -23,7 +22,7 @@ def _fit_for(model, case, log=None):
         if log is not None:
             log.append((phase, epochs))
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        Trainer(model, opt, toy_loss, hooks=hooks).fit(batches, epochs=epochs)
+        Trainer(model, opt, case.loss, hooks=hooks).fit(batches, epochs=epochs)
 
     return fit
 

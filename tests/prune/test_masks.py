@@ -39,7 +39,6 @@ def _batches(case, steps):
 
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 def test_masks_hold_after_steps(case2, opt):
-    from conftest import toy_loss
 
     model = case2.model()
     masks = _masks(model)
@@ -51,7 +50,7 @@ def test_masks_hold_after_steps(case2, opt):
             self.steps = getattr(self, "steps", 0) + 1
 
     check = Check()
-    Trainer(model, optimizer, toy_loss, hooks=[MaskHook(masks), check]).fit(
+    Trainer(model, optimizer, case2.loss, hooks=[MaskHook(masks), check]).fit(
         _batches(case2, 2), epochs=2
     )
     assert check.steps == 4
@@ -63,26 +62,24 @@ def test_masks_hold_after_steps(case2, opt):
 
 
 def test_resumed_dense_optimizer_state_is_masked(case2):
-    from conftest import toy_loss
 
     model = case2.model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     # A dense run first leaves non-zero momentum everywhere (as a resumed checkpoint would).
-    Trainer(model, optimizer, toy_loss).fit(_batches(case2, 2), epochs=1)
+    Trainer(model, optimizer, case2.loss).fit(_batches(case2, 2), epochs=1)
     masks = _masks(model)
     params = dict(model.named_parameters())
     assert any(
         torch.count_nonzero(optimizer.state[params[n]]["momentum_buffer"][~m])
         for n, m in masks.items()
     )
-    Trainer(model, optimizer, toy_loss, hooks=[MaskHook(masks)]).fit(_batches(case2, 2), epochs=1)
+    Trainer(model, optimizer, case2.loss, hooks=[MaskHook(masks)]).fit(_batches(case2, 2), epochs=1)
     _assert_zero_where_pruned(model, masks)
     for n, m in masks.items():
         assert torch.count_nonzero(optimizer.state[params[n]]["momentum_buffer"][~m]) == 0
 
 
 def test_ema_copy_stays_masked(detector):
-    from conftest import toy_loss
 
     model = detector.model()
     ema = copy.deepcopy(model)
@@ -95,7 +92,7 @@ def test_ema_copy_stays_masked(detector):
                     e.mul_(0.9).add_(p, alpha=0.1)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    Trainer(model, optimizer, toy_loss, hooks=[EMA(), MaskHook(masks, extra=[ema])]).fit(
+    Trainer(model, optimizer, detector.loss, hooks=[EMA(), MaskHook(masks, extra=[ema])]).fit(
         _batches(detector, 3), epochs=1
     )
     _assert_zero_where_pruned(ema, masks)
@@ -103,11 +100,10 @@ def test_ema_copy_stays_masked(detector):
 
 
 def test_masks_hold_under_autocast(resnet):
-    from conftest import toy_loss
 
     def amp_loss(model, batch):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return toy_loss(model, batch).float()
+            return resnet.loss(model, batch).float()
 
     model = resnet.model()
     masks = _masks(model)

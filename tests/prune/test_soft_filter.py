@@ -26,14 +26,13 @@ def test_decorrelation_is_zero_for_orthogonal_filters_and_positive_otherwise():
 
 
 def test_soft_pruned_filters_can_come_back(detector):
-    from conftest import toy_loss
 
     model = detector.model()
     names = ["layers.0.conv.weight", "layers.2.conv.weight"]
     hook = SoftFilterHook(names, SoftFilterConfig(ratio=0.5, epochs=2, decorrelation=1e-2))
     batches = [detector.batch(seed=i) for i in range(2)]
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    trainer = Trainer(model, opt, toy_loss, hooks=[hook])
+    trainer = Trainer(model, opt, detector.loss, hooks=[hook])
     trainer.fit(batches, epochs=1)
     w = dict(model.named_parameters())["layers.2.conv.weight"]
 
@@ -43,12 +42,11 @@ def test_soft_pruned_filters_can_come_back(detector):
     assert zero_filters() == 8  # zeroed at the epoch end...
     assert len(hook.history) == 1
     # ...but not frozen: the next step gives them weights again
-    Trainer(model, opt, toy_loss).fit(batches[:1], epochs=1)
+    Trainer(model, opt, detector.loss).fit(batches[:1], epochs=1)
     assert zero_filters() < 8
 
 
 def test_soft_filter_pruner_final_masks_are_filterwise(case2):
-    from conftest import toy_loss
 
     model = case2.model()
     batches = [case2.batch(seed=i) for i in range(2)]
@@ -57,7 +55,7 @@ def test_soft_filter_pruner_final_masks_are_filterwise(case2):
     def fit(phase, epochs, hooks):
         phases.append(phase)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        Trainer(model, opt, toy_loss, hooks=hooks).fit(batches, epochs=epochs)
+        Trainer(model, opt, case2.loss, hooks=hooks).fit(batches, epochs=epochs)
 
     cfg = SoftFilterConfig(ratio=0.25, epochs=2, retrain_epochs=1)
     result = SoftFilterPruner(cfg).run(model, fit=fit)
