@@ -107,6 +107,13 @@ class ADMMConfig:
         return self.rho * self.rho_growth**stage
 
 
+@dataclass(frozen=True)
+class LayerwiseADMMConfig(ADMMConfig):
+    """Layer-wise ADMM (Zhang et al. 2018): the same ``ratio`` removed from every layer."""
+
+    projection: str = "layer"  # global | layer | filter | channel | shape
+
+
 class ADMMHook(Hook):
     """The ADMM W/Z/U machinery as a loop hook, for the targets ``names``.
 
