@@ -25,7 +25,7 @@ from torch import nn
 
 from yolo_prune.engine.hooks import Hook, TrainState
 from yolo_prune.errors import WeightsError
-from yolo_prune.utils.io import atomic_write_bytes
+from yolo_prune.utils.io import atomic_write_bytes, load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -129,17 +129,11 @@ def load_checkpoint(
     """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only).
 
     Raises:
-        WeightsError: the file is missing, unreadable, or not a checkpoint of this format.
+        WeightsError: the file is missing, unreadable, holds pickled Python objects (refused
+            without running them), or is not a checkpoint of this format.
     """
     p = Path(path)
-    if not p.is_file():
-        raise WeightsError("no such checkpoint; check the path", path=p)
-    try:
-        data = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a corrupt or unsafe file, whatever torch raises
-        raise WeightsError(
-            f"not a readable checkpoint ({type(exc).__name__}: {exc})", path=p
-        ) from None
+    data = load_torch_file(p, what="checkpoint", map_location=map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise WeightsError(f"not a {FORMAT} checkpoint", path=p)
     return data

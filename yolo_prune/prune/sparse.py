@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from yolo_prune.errors import WeightsError
-from yolo_prune.utils.io import atomic_write_bytes
+from yolo_prune.utils.io import atomic_write_bytes, load_torch_file
 
 FORMAT = "yolo_prune.sparse"
 VERSION = 1
@@ -190,12 +190,7 @@ def save_sparse(
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise WeightsError(f"not a readable sparse-weights file ({exc})", path=path) from None
+    payload = load_torch_file(path, what="sparse-weights file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise WeightsError("not a yolo_prune sparse-weights file", path=path)
     return payload
