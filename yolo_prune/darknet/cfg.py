@@ -198,7 +198,7 @@ def _format_scalar(value: Any) -> str:
 def _convert(raw: str, typ: str, *, section: Section, key: str, line: int) -> Any:
     def fail(expected: str) -> CfgError:
         return CfgError(
-            f"[{section.kind}] {key}={raw}: expected {expected}",
+            f"[{section.kind}] {key}={_clip(raw)}: expected {expected}",
             path=section.path,
             line=line or None,
         )
@@ -228,6 +228,11 @@ def _number(text: str, typ: str, fail) -> int | float:
     return value
 
 
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` shortened for an error message (a junk line may be a megabyte long)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_cfg(text: str, *, path: str | Path | None = None) -> list[Section]:
     """Parse cfg text into sections, checking every value against the schema.
 
@@ -243,37 +248,51 @@ def parse_cfg(text: str, *, path: str | Path | None = None) -> list[Section]:
     """
     src = str(path) if path is not None else None
     sections: list[Section] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        line = "".join(line.split())  # Darknet removes every space and tab inside a line
+    text = text.removeprefix("\ufeff")  # a byte-order mark that some Windows editors write
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = "".join(raw.split())  # Darknet removes every space and tab inside a line
         if not line or line[0] in "#;":
             continue
         if "#" in line:  # an inline comment; Darknet would keep it in the value, we drop it
             line = line[: line.index("#")]
+        content = raw.split("#", 1)[0]  # non-ASCII is fine in comments, nowhere else
+        if not content.isascii():
+            char = next(ch for ch in content if not ch.isascii())
+            raise CfgError(
+                f"non-ASCII character {char!r} (U+{ord(char):04X}) in {_clip(content.strip())!r}; "
+                "Darknet reads cfgs as ASCII (retype the line; it may have been pasted from a "
+                "web page or a word processor)",
+                path=src,
+                line=lineno,
+            )
         if line[0] == "[":
             if not line.endswith("]"):
-                raise CfgError(f"section header {line!r} has no closing ']'", path=src, line=lineno)
+                raise CfgError(
+                    f"section header {_clip(line)!r} has no closing ']'", path=src, line=lineno
+                )
             name = line[1:-1]
             kind = SECTION_ALIASES.get(name.lower())
             if kind is None:
                 raise CfgError(
-                    f"unknown section [{name}]; supported: " + ", ".join(f"[{k}]" for k in SCHEMA),
+                    f"unknown section [{_clip(name)}]; supported: "
+                    + ", ".join(f"[{k}]" for k in SCHEMA),
                     path=src,
                     line=lineno,
                 )
             sections.append(Section(kind=kind, line=lineno, path=src, name=name))
             continue
         if "=" not in line:
-            raise CfgError(f"expected key=value, found {line!r}", path=src, line=lineno)
+            raise CfgError(f"expected key=value, found {_clip(line)!r}", path=src, line=lineno)
         if not sections:
             raise CfgError(
-                f"option {line!r} before the first section; a cfg starts with [net]",
+                f"option {_clip(line)!r} before the first section; a cfg starts with [net]",
                 path=src,
                 line=lineno,
             )
         key, value = line.split("=", 1)
         sec = sections[-1]
         if not key:
-            raise CfgError(f"expected key=value, found {line!r}", path=src, line=lineno)
+            raise CfgError(f"expected key=value, found {_clip(line)!r}", path=src, line=lineno)
         if key in sec.options:
             logger.warning("%s:%d: [%s] %s given twice; Darknet uses the first", src, lineno,
                            sec.kind, key)  # fmt: skip
