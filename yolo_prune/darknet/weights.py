@@ -55,9 +55,15 @@ def _read_header(data: bytes, path: Path) -> tuple[tuple[int, int, int, int], in
         )
     major, minor, revision = struct.unpack_from("<3i", data, 0)
     if not (0 <= major < 1000 and 0 <= minor < 1000 and revision >= 0):
+        if data[:4] == b"PK\x03\x04":
+            what = "it is a zip archive (a PyTorch .pt checkpoint?), not Darknet .weights"
+        elif all(32 <= b < 127 or b in b"\t\r\n" for b in data[:64]):
+            what = "it is a text file (a .cfg? were --cfg and --weights swapped?)"
+        else:
+            what = "is this a .weights file (not a .cfg, .pt or .onnx)?"
         raise WeightsError(
             f"bad header: version {major}.{minor}.{revision} is not a Darknet weights version; "
-            "is this a .weights file (not a .cfg, .pt or .onnx)?",
+            + what,
             path=path,
         )
     if major * 10 + minor >= 2:
@@ -99,11 +105,20 @@ def load_darknet_weights(model: nn.Module, path: str | Path) -> None:
             what = f"{diff:,} {floats} left after filling the network"
         else:
             what = f"{-diff:,} {floats} too few for the network ({values.size:,} of {needed:,})"
-        raise WeightsError(
-            f"{what}; the cfg and the weights do not match (check classes= and the filters= "
-            "before each [yolo], and that this is the cfg these weights were trained with)",
-            path=p,
-        )
+        if (diff, offset) in ((1, 16), (-1, 20)):
+            # The version decides whether 'seen' takes 4 or 8 bytes: a wrong version in the
+            # header shifts every value by one float.
+            fix = (
+                f"the header's version {header[0]}.{header[1]} gives a {offset - 12}-byte 'seen' "
+                f"counter; with a {24 - offset}-byte one the values would fit, so the header's "
+                "version is probably wrong"
+            )
+        else:
+            fix = (
+                "the cfg and the weights do not match (check classes= and the filters= before "
+                "each [yolo], and that this is the cfg these weights were trained with)"
+            )
+        raise WeightsError(f"{what}; {fix}", path=p)
     pos = 0
     with torch.no_grad():
         for t in tensors:
