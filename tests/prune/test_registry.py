@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_unknown_method_is_an_error():
     with pytest.raises(
         PruneError,
-        match="unknown pruning method 'admn'; choose one of: admm, deep-compression, "
-        "magnitude, soft-filter",
+        match="unknown pruning method 'admn'; choose one of: admm, admm-filter, admm-layerwise, "
+        "deep-compression, magnitude, soft-filter",
     ):
         registry.build_pruner("admn", {"ratio": 0.5})
 

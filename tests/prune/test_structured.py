@@ -9,8 +9,12 @@ import torchvision
 
 from yolo_prune.darknet import Darknet
 from yolo_prune.darknet.surgery import fold_pruned_, shrink
+from yolo_prune.engine import Trainer
 from yolo_prune.errors import PruneError
+from yolo_prune.prune.projections import get_projection
+from yolo_prune.prune.registry import build_config, build_pruner
 from yolo_prune.prune.structured import (
+    build_projection,
     filter_scores,
     model_channel_groups,
     project_channel_groups,
@@ -99,3 +103,134 @@ def test_real_detector_shrunk_sees_what_the_masked_one_sees(cfg, weights, size, 
     assert got.labels.tolist() == want.labels.tolist()
     torch.testing.assert_close(got.boxes, want.boxes, atol=0.05, rtol=1e-4)
     torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=1e-4)
+
+
+def _fit_for(model, case):
+    batches = [case.batch(seed=i) for i in range(2)]
+
+    def fit(phase, epochs, hooks):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        Trainer(model, opt, case.loss, hooks=hooks).fit(batches, epochs=epochs)
+
+    return fit
+
+
+@pytest.mark.usefixtures("flush_denormals")
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("admm-filter", {"epochs": 2, "stages": 2, "rho": 1e-2, "retrain_epochs": 1}),
+        ("admm-filter", {"epochs": 1, "stages": 1, "retrain_epochs": 0, "criterion": "l2"}),
+        ("magnitude", {"projection": "group", "norm": "l1", "epochs": 1}),
+    ],
+)
+def test_group_methods_remove_whole_groups_ready_for_surgery(method, options, case2):
+    """admm-filter and one-shot magnitude with the 'group' projection leave every channel group
+    wholly zero or wholly kept, at the global ratio; a Darknet model then shrinks exactly."""
+    model = case2.model()
+    result = build_pruner(method, {"ratio": 0.5, **options}).run(model, fit=_fit_for(model, case2))
+    names = list(result.masks)
+    groups = model_channel_groups(model, names)
+    gone = [g for g in groups if not any(bool(result.masks[n][c].any()) for n, c in g)]
+    for g in groups:
+        kept = [bool(result.masks[n][c].all()) for n, c in g]
+        assert all(kept) or not any(kept)  # a group goes whole or not at all
+    for g in gone:  # and its filters are exactly zero after the retraining
+        assert all(not bool(model.get_parameter(n)[c].any()) for n, c in g)
+    total = sum(len(g) for g in groups)
+    removed = sum(len(g) for g in gone)
+    assert round(0.5 * total) <= removed <= round(0.5 * total) + max(len(g) for g in groups)
+    if isinstance(model, Darknet):
+        prunable = [g for g in model.channel_map().groups if g.prunable]
+        expected = {prunable[i].id for i, g in enumerate(model.channel_groups()) if g in gone}
+        assert model.zero_channel_groups() == expected
+        model.eval()
+        masked = fold_pruned_(model, expected)
+        small = shrink(masked, expected).eval()
+        x = case2.batch(n=2)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(small(x), masked(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", ["yolov4-tiny.cfg", "yolov4.cfg"])
+def test_round_to_keeps_multiples_of_8_in_every_pruned_layer(cfg, repo_cfg):
+    model = Darknet.from_cfg(repo_cfg / cfg)
+    names = select_targets(model, TargetConfig())
+    weights = {n: model.get_parameter(n) for n in names}
+    groups = model_channel_groups(model, names)
+    caps = dict.fromkeys(names, 0.6)
+    masks = project_channel_groups(weights, groups, 0.3, caps=caps, norm="l1", round_to=8)
+    total = sum(len(g) for g in groups)
+    removed = 0
+    for n, m in masks.items():
+        width = m.shape[0]
+        kept = int(m.reshape(width, -1).all(1).sum())
+        removed += width - kept
+        assert kept == width or kept % 8 == 0, n
+        assert width - kept <= int(0.6 * width), n  # the caps still hold
+    assert round(0.3 * total) <= removed <= round(0.3 * total) + 8 * 16
+    with pytest.raises(PruneError, match=r"round_to=0; expected a positive integer"):
+        project_channel_groups(weights, groups, 0.3, round_to=0)
+
+
+def test_round_to_on_single_filter_groups():
+    model = torchvision.models.resnet18(num_classes=10)
+    masks = get_projection("group", norm="l2")(
+        {n: model.get_parameter(n) for n in ("conv1.weight", "layer1.0.conv1.weight")},
+        0.4,
+        round_to=8,
+    )
+    for m in masks.values():
+        assert int(m.reshape(m.shape[0], -1).all(1).sum()) % 8 == 0
+
+
+def test_pruning_a_protected_layer_is_refused_with_the_reason(repo_cfg):
+    model = Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg")
+    targets = {"include": ["layers.1[35].conv.weight"], "protect": "none"}
+    pruner = build_pruner("admm-filter", {"ratio": 0.3, "targets": targets})
+
+    def fit(phase, epochs, hooks):  # pragma: no cover - refused before training
+        raise AssertionError("trained a refused request")
+
+    with pytest.raises(PruneError) as info:
+        pruner.run(model, fit=fit)
+    assert str(info.value) == (
+        "layers.15.conv.weight cannot lose channels: it feeds the [yolo] layer 16; leave it out "
+        "of the targets (targets.exclude) or prune it unstructured"
+    )
+
+
+def test_unresolvable_channel_groups_name_the_layers():
+    """Darknet lets a shortcut add a narrower layer to a wider one; their channels do not pair
+    up, so structured pruning of either refuses, naming both layers and their widths."""
+    model = Darknet.from_cfg_text(
+        "[net]\nwidth=8\nheight=8\nchannels=3\n"
+        "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=1\nactivation=leaky\n"
+        "[convolutional]\nbatch_normalize=1\nfilters=16\nsize=1\nactivation=leaky\n"
+        "[shortcut]\nfrom=-2\nactivation=linear\n"
+        "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=1\nactivation=leaky\n"
+        "[convolutional]\nfilters=4\nsize=1\nactivation=linear\n"
+    )
+    names = select_targets(model, TargetConfig())
+    with pytest.raises(PruneError) as info:
+        build_projection(model, names, "group")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "layers.0.conv.weight cannot lose channels: the channel groups of layer 2 [shortcut] "
+        "cannot be resolved: it adds layer 0 (8 channels) to layer 1 (16 channels)"
+    )
+    assert "(and 1 more targets)" in message  # layer 1 is refused too
+    # without the two tied layers the rest prunes
+    ok = select_targets(model, TargetConfig(exclude=("layers.[01].*",)))
+    masks = build_projection(model, ok, "group")({n: model.get_parameter(n) for n in ok}, 0.5)
+    assert int((~masks["layers.3.conv.weight"]).reshape(8, -1).all(1).sum()) == 4
+
+
+def test_bad_admm_filter_options_are_refused():
+    with pytest.raises(PruneError, match=r"admm-filter projects channel groups; projection="):
+        build_config("admm-filter", {"ratio": 0.5, "projection": "global"})
+    with pytest.raises(PruneError, match=r"unknown criterion 'l3'"):
+        build_config("admm-filter", {"ratio": 0.5, "criterion": "l3"})
+    with pytest.raises(PruneError, match=r"round_to=0"):
+        build_config("admm-filter", {"ratio": 0.5, "round_to": 0})

@@ -117,14 +117,18 @@ def build_channel_map(graph: NetGraph) -> ChannelMap:
                         uf.union(a, b)
                 out.extend(chunks[gid])
         elif kind in ("shortcut", "sam"):
-            for other in src[1:]:
+            for ref, other in zip(layer.sources[1:], src[1:], strict=True):
                 for a, b in zip(prev, other, strict=False):  # the common channels, as Darknet
                     uf.union(a, b)
                 if len(other) != len(prev):  # unequal widths: keep both widths as they are
+                    why = (
+                        f"the channel groups of layer {layer.index} [{kind}] cannot be resolved: "
+                        f"it adds layer {ref} ({len(other)} channels) to layer "
+                        f"{layer.sources[0]} ({len(prev)} channels), so their channels do not "
+                        "pair up one to one"
+                    )
                     for n in (*prev, *other):
-                        protected.setdefault(
-                            n, f"layer {layer.index} adds layers of different widths"
-                        )
+                        protected.setdefault(n, why)
             out = list(prev)
             if sec["activation"] not in _ZERO_AT_ZERO:
                 for n in out:

@@ -150,6 +150,22 @@ class Darknet(nn.Module):
             if grp.prunable
         ]
 
+    def protected_channels(self) -> dict[str, str]:
+        """Weights none of whose filters may be pruned structurally, with the reason.
+
+        ``{"layers.29.conv.weight": "it feeds the [yolo] layer 30", ...}``: every output
+        channel of that layer is in a protected group (see :mod:`yolo_prune.darknet.channels`).
+        """
+        cmap = self.channel_map()
+        out = {}
+        for spec in self.graph.layers:
+            if spec.kind not in ("convolutional", "connected"):
+                continue
+            ids = cmap.outputs[spec.index]
+            if ids and all(g >= 0 and not cmap.groups[g].prunable for g in ids):
+                out[self._weight_name(spec.index)] = cmap.groups[ids[0]].protected
+        return out
+
     def output_scale_name(self, weight_name: str) -> str | None:
         """The batch-norm scale (gamma) applied to the outputs of ``weight_name``, if any."""
         layer = self.layers[self.prune_depth(weight_name)]

@@ -46,6 +46,7 @@ from yolo_prune.prune.base import (
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection
+from yolo_prune.prune.structured import CRITERIA, build_projection, check_round_to
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class ADMMConfig:
     """ADMM pruning: ADMM epochs (with rho/ratio stages), hard prune, masked retraining."""
 
     ratio: float  # final fraction of the targets' weights (or groups) to remove, in [0, 1)
-    projection: str = "global"  # global | layer | filter | channel | shape
+    projection: str = "global"  # global | layer | filter | channel | shape | group
     norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
     epochs: int = 10  # ADMM epochs (W-, Z- and U-steps)
     stages: int = 3  # the ADMM epochs are split evenly into this many stages
@@ -96,6 +97,10 @@ class ADMMConfig:
                     "the last stage must reach the final ratio"
                 )
 
+    def build_projection(self, model: nn.Module, names: Sequence[str]) -> Projection:
+        """The Z-step projection for ``model``'s targets ``names``."""
+        return build_projection(model, names, self.projection, norm=self.norm)
+
     def stage_of(self, epoch: int) -> int:
         """Stage (0-based) of ADMM epoch ``epoch`` (0-based, counted from the ADMM start)."""
         return min(self.stages - 1, epoch * self.stages // self.epochs)
@@ -114,6 +119,37 @@ class LayerwiseADMMConfig(ADMMConfig):
     projection: str = "layer"  # global | layer | filter | channel | shape
 
 
+@dataclass(frozen=True)
+class ADMMFilterConfig(ADMMConfig):
+    """Filter-wise ADMM over channel groups: Z keeps whole groups (tied filters) at one global
+    ratio of channels, so the pruned model can be shrunk physically (see
+    :mod:`yolo_prune.prune.structured`)."""
+
+    projection: str = "group"  # must stay "group"
+    criterion: str = "l1"  # l1 | l2 filter norm of W + U, or bn (batch-norm scale of W)
+    round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
+
+    def __post_init__(self) -> None:
+        if self.projection != "group":
+            raise PruneError(
+                f"admm-filter projects channel groups; projection={self.projection!r} is for "
+                "method 'admm'"
+            )
+        if self.norm is not None:
+            raise PruneError("admm-filter takes criterion= (l1, l2 or bn), not norm=")
+        if self.criterion not in CRITERIA:
+            raise PruneError(
+                f"unknown criterion {self.criterion!r}; choose one of: {', '.join(CRITERIA)}"
+            )
+        check_round_to(self.round_to)
+        super().__post_init__()
+
+    def build_projection(self, model: nn.Module, names: Sequence[str]) -> Projection:
+        return build_projection(
+            model, names, "group", criterion=self.criterion, round_to=self.round_to
+        )
+
+
 class ADMMHook(Hook):
     """The ADMM W/Z/U machinery as a loop hook, for the targets ``names``.
 
@@ -121,6 +157,7 @@ class ADMMHook(Hook):
         names: target parameter names (see :func:`~yolo_prune.prune.targets.select_targets`).
         config: the ADMM settings (projection, stages, rho, update period).
         caps: per-layer caps on the pruned fraction (from the conservative policy).
+        project: the projection to use (default: ``config.projection`` by name).
     """
 
     def __init__(
@@ -129,11 +166,13 @@ class ADMMHook(Hook):
         config: ADMMConfig,
         *,
         caps: Mapping[str, float] | None = None,
+        project: Projection | None = None,
     ):
         self.names = list(names)
         self.config = config
         self.caps = dict(caps) if caps else None
-        self.project: Projection = get_projection(config.projection, norm=config.norm)
+        # a model-bound projection (config.build_projection) where the plain one cannot do
+        self.project: Projection = project or get_projection(config.projection, norm=config.norm)
         self.Z: dict[str, torch.Tensor] = {}
         self.U: dict[str, torch.Tensor] = {}
         self.rho = config.stage_rho(0)
@@ -258,7 +297,7 @@ class ADMMPruner:
         """Prune ``model`` in place; ``fit``/``evaluate`` as in :mod:`yolo_prune.prune.base`."""
         cfg = self.config
         names, caps = prepare_targets(model, cfg.targets, cfg.policy)
-        hook = ADMMHook(names, cfg, caps=caps)
+        hook = ADMMHook(names, cfg, caps=caps, project=cfg.build_projection(model, names))
         # Check the request (ratio vs. caps, empty layers) before spending any epoch on it.
         hook.init_(target_weights(model, names))
         fit("admm", cfg.epochs, [hook])

@@ -34,6 +34,7 @@ from yolo_prune.prune.base import (
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import check_ratio, get_projection, sparsity
+from yolo_prune.prune.structured import build_projection
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class MagnitudeConfig:
     """One-shot (``iterations=1``) or iterative magnitude pruning with masked fine-tuning."""
 
     ratio: float  # final fraction of the targets' weights (or groups) to remove, in [0, 1)
-    projection: str = "global"  # global | layer | filter | channel | shape
+    projection: str = "global"  # global | layer | filter | channel | shape | group
     norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
     iterations: int = 1  # prune/fine-tune rounds to reach `ratio` (1: one-shot)
     epochs: int = 5  # fine-tuning epochs in all, split evenly over the iterations
@@ -79,7 +80,8 @@ class MagnitudePruner:
     def run(self, model: nn.Module, *, fit: FitFn, evaluate: EvalFn | None = None) -> PruneResult:
         cfg = self.config
         names, caps = prepare_targets(model, cfg.targets, cfg.policy)
-        project = get_projection(cfg.projection, norm=cfg.norm)
+        # "group" is bound to the model's channel groups: whole groups go, ready for surgery
+        project = build_projection(model, names, cfg.projection, norm=cfg.norm)
         history = []
         masks: dict[str, torch.Tensor] = {}
         for i, epochs in enumerate(_split(cfg.epochs, cfg.iterations), start=1):

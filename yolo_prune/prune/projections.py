@@ -7,8 +7,9 @@ is kept. Which weights go is decided by magnitude (``|w|`` or the norm of a grou
 Exact counts: asking for ratio ``r`` over ``n`` items prunes exactly ``round(r * n)`` of them
 (Python's ``round``). Items: all weights together (``global``), each layer's weights
 (``layer``), each layer's filters / input channels / kernel shapes (``filter``, ``channel``,
-``shape``). Ties are broken deterministically: among equal magnitudes the item that comes
-first (layers in mapping order, then row-major flat index) is pruned first.
+``shape``); ``group`` counts all filters together and removes whole channel groups, so it may
+overshoot by part of a group. Ties are broken deterministically: among equal magnitudes the
+item that comes first (layers in mapping order, then row-major flat index) is pruned first.
 
 ``caps`` (optional, ``name -> c`` in ``[0, 1]``) bounds the fraction of a layer's items that may
 be pruned: at most ``floor(c * n_layer)``. With ``global`` this is how early layers are kept
@@ -415,6 +416,31 @@ def project_shapes(
     )
 
 
+def project_channel_groups_global(
+    weights: Mapping[str, torch.Tensor],
+    ratio: float,
+    *,
+    caps: Mapping[str, float] | None = None,
+    norm: str = "l2",
+    groups: Sequence[Sequence[tuple[str, int]]] | None = None,
+    round_to: int = 1,
+) -> Masks:
+    """Prune whole filters at one global ratio, ranked across layers by relative norm.
+
+    ``groups`` lists filters that must go together (``(name, filter)`` pairs, e.g. the channels
+    a shortcut ties); ``None``: every filter alone. The pruners bind a model's own groups (see
+    :func:`yolo_prune.prune.structured.build_projection`); the ratio counts filters. See
+    :func:`yolo_prune.prune.structured.project_channel_groups` for the ranking and
+    ``round_to``.
+    """
+    # imported here: structured.py imports this module
+    from yolo_prune.prune.structured import project_channel_groups
+
+    if groups is None:
+        groups = [[(n, c)] for n, w in weights.items() for c in range(w.shape[0])]
+    return project_channel_groups(weights, groups, ratio, caps=caps, norm=norm, round_to=round_to)
+
+
 # --- registry ------------------------------------------------------------------------------
 
 PROJECTIONS: dict[str, Projection] = {
@@ -423,12 +449,14 @@ PROJECTIONS: dict[str, Projection] = {
     "filter": project_filters,
     "channel": project_channels,
     "shape": project_shapes,
+    "group": project_channel_groups_global,
 }
-STRUCTURED = ("filter", "channel", "shape")
+STRUCTURED = ("filter", "channel", "shape", "group")
 
 
 def get_projection(name: str, *, norm: str | None = None) -> Projection:
-    """The projection called ``name`` (``global``, ``layer``, ``filter``, ``channel``, ``shape``).
+    """The projection called ``name`` (``global``, ``layer``, ``filter``, ``channel``, ``shape``,
+    ``group``).
 
     ``norm`` (``l1``/``l2``) applies to the structured ones only.
     """

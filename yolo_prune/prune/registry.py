@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 from yolo_prune.errors import ConfigError, PruneError
-from yolo_prune.prune.admm import ADMMConfig, ADMMPruner, LayerwiseADMMConfig
+from yolo_prune.prune.admm import ADMMConfig, ADMMFilterConfig, ADMMPruner, LayerwiseADMMConfig
 from yolo_prune.prune.base import EvalFn, FitFn, PruneResult
 from yolo_prune.prune.magnitude import (
     DeepCompressionConfig,
@@ -53,6 +53,7 @@ def register_method(name: str, config: type, build: Callable[[Any], Pruner]) -> 
 
 register_method("admm", ADMMConfig, ADMMPruner)
 register_method("admm-layerwise", LayerwiseADMMConfig, ADMMPruner)
+register_method("admm-filter", ADMMFilterConfig, ADMMPruner)
 register_method("magnitude", MagnitudeConfig, MagnitudePruner)
 register_method("deep-compression", DeepCompressionConfig, DeepCompressionPruner)
 register_method("soft-filter", SoftFilterConfig, SoftFilterPruner)

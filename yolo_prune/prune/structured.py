@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from yolo_prune.errors import PruneError
-from yolo_prune.prune.projections import check_ratio
+from yolo_prune.prune.projections import Projection, check_ratio, get_projection
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +75,89 @@ def model_channel_groups(model: nn.Module, names: Sequence[str]) -> list[list[tu
     Uses ``model.channel_groups()`` when the model has it (groups with a member outside the
     targets are dropped: a protected or excluded layer cannot lose filters); otherwise every
     filter of every target is its own group.
+
+    Raises:
+        PruneError: a target none of whose filters may go, as the optional
+            ``model.protected_channels() -> {name: reason}`` says (e.g. the convolution before
+            a ``[yolo]`` layer when ``targets.protect="none"``), naming it and the reason.
     """
     wanted = set(names)
     method = getattr(model, "channel_groups", None)
     if method is None:
         params = dict(model.named_parameters())
         return [[(n, c)] for n in names for c in range(params[n].shape[0])]
+    explain = getattr(model, "protected_channels", None)
+    reasons = explain() if explain is not None else {}
+    refused = [n for n in names if n in reasons]
+    if refused:
+        more = f" (and {len(refused) - 1} more targets)" if len(refused) > 1 else ""
+        raise PruneError(
+            f"{refused[0]} cannot lose channels: {reasons[refused[0]]}{more}; leave it out of "
+            "the targets (targets.exclude) or prune it unstructured"
+        )
     groups = [list(g) for g in method()]
     return [g for g in groups if g and all(name in wanted for name, _ in g)]
+
+
+def _layer_counts(group: Group) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name, _ in group:
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _removal_units(
+    groups: Sequence[Group],
+    importance: torch.Tensor,
+    widths: Mapping[str, int],
+    round_to: int,
+) -> tuple[list[list[int]], list[int]]:
+    """Split the groups into units that are removed whole, and say which family each unit is in.
+
+    Groups with the same filters-per-layer signature form a *family* (the channels of one
+    shortcut chain, of one plain layer, ...). Within a family the groups are taken least
+    important first. With ``round_to == 1`` every group is a unit. Otherwise a family whose
+    layers are read by no other family is cut into runs of groups such that, after removing
+    any number of whole runs, each of its layers keeps a multiple of ``round_to`` filters; a
+    family sharing a layer with another one (or one that cannot be aligned) keeps one group per
+    unit and its layers are not rounded.
+    """
+    families: dict[tuple[tuple[str, int], ...], list[int]] = {}
+    for gi, grp in enumerate(groups):
+        families.setdefault(tuple(sorted(_layer_counts(grp).items())), []).append(gi)
+    owners: dict[str, int] = {}
+    for key in families:
+        for name, _ in key:
+            owners[name] = owners.get(name, 0) + 1
+    units: list[list[int]] = []
+    unit_family: list[int] = []
+    unaligned: list[str] = []
+    for fi, (key, members) in enumerate(families.items()):
+        order = sorted(members, key=lambda gi: (float(importance[gi]), gi))
+        n = len(order)
+        cuts: list[int] = []  # numbers of groups kept after each run, descending
+        if round_to > 1 and all(owners[name] == 1 for name, _ in key):
+            fixed = {name: widths[name] - d * n for name, d in key}
+            # keeping 0 groups is a candidate too: the caps never let a layer be emptied
+            cuts = [g for g in range(n, -1, -1) if all(
+                (d * g + fixed[name]) % round_to == 0 for name, d in key)]  # fmt: skip
+            if not [c for c in cuts if c < n]:
+                unaligned.extend(name for name, _ in key)
+                cuts = []
+        elif round_to > 1:
+            unaligned.extend(name for name, _ in key)
+        if not cuts:
+            cuts = list(range(n - 1, -1, -1))
+        start = 0
+        for kept in (c for c in cuts if c < n):
+            units.append(order[start : n - kept])
+            unit_family.append(fi)
+            start = n - kept
+    if unaligned:
+        shown = sorted(set(unaligned))
+        logger.info("round_to=%d: not rounded (channels shared irregularly): %s%s", round_to,
+                    ", ".join(shown[:5]), ", ..." if len(shown) > 5 else "")  # fmt: skip
+    return units, unit_family
 
 
 @torch.no_grad()
@@ -94,6 +169,7 @@ def project_channel_groups(
     caps: Mapping[str, float] | None = None,
     norm: str = "l2",
     scores: Mapping[str, torch.Tensor] | None = None,
+    round_to: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Keep-masks that remove the least important channel groups.
 
@@ -106,16 +182,23 @@ def project_channel_groups(
         norm: "l1" or "l2" filter norm, used where ``scores`` is not given.
         scores: optional ``name -> [out]`` importance of each filter (e.g. from
             :func:`filter_scores` with the "bn" criterion) instead of the weight norm.
+        round_to: every layer that loses filters keeps a multiple of this many (8 suits the
+            SIMD width of CPU convolution kernels). Groups tied together (a shortcut chain: one
+            filter in each of its layers) are removed in runs that keep each of their layers
+            aligned. Layers that share channels with more than one such family (e.g. a
+            depthwise conv reading a route of two layers), or whose width cannot be aligned,
+            are not rounded (logged). The global count is then met to within one run.
 
     Returns:
         ``name -> bool`` masks shaped like the weights, False on removed filters.
 
     Raises:
-        PruneError: bad ratio or norm, or the caps do not allow removing that many channels.
+        PruneError: bad ratio, norm or round_to, or the caps do not allow removing that many.
     """
     check_ratio(ratio)
     if norm not in NORMS:
         raise PruneError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+    check_round_to(round_to)
     for grp in groups:
         for name, ch in grp:
             if name not in weights:
@@ -123,35 +206,40 @@ def project_channel_groups(
             if not 0 <= ch < weights[name].shape[0]:
                 raise PruneError(f"channel {ch} of {name!r} does not exist")
     raw = dict(scores) if scores is not None else {n: _norms(w, norm) for n, w in weights.items()}
-    scores = {}
+    rel = {}
     for name in weights:
         s = raw[name].detach().abs().float()
-        scores[name] = s / s.mean().clamp(min=1e-12)
+        rel[name] = s / s.mean().clamp(min=1e-12)
     importance = torch.tensor(
-        [sum(float(scores[n][c]) for n, c in g) / len(g) for g in groups], dtype=torch.float64
+        [sum(float(rel[n][c]) for n, c in g) / len(g) for g in groups], dtype=torch.float64
     )
+    widths = {n: w.shape[0] for n, w in weights.items()}
+    units, unit_family = _removal_units(groups, importance, widths, round_to)
+    unit_score = [float(importance[u].mean()) for u in units]
     total = sum(len(g) for g in groups)
     target = round(ratio * total)
-    limit = {
-        n: min(w.shape[0] - 1, math.floor((caps or {}).get(n, 1.0) * w.shape[0]))
-        for n, w in weights.items()
-    }
+    limit = {n: min(w - 1, math.floor((caps or {}).get(n, 1.0) * w)) for n, w in widths.items()}
     removed_per_layer = dict.fromkeys(weights, 0)
+    blocked: set[int] = set()  # families whose next run the caps refused: later runs wait on it
     chosen: list[int] = []
     removed = 0
-    # stable sort: equal importance keeps the groups' order (deterministic)
-    for gi in torch.argsort(importance, stable=True).tolist():
+    # Stable sort: equal scores keep the units' order, so a family's runs go in turn.
+    for ui in sorted(range(len(units)), key=lambda i: unit_score[i]):
         if removed >= target:
             break
+        if unit_family[ui] in blocked:
+            continue
         per_layer: dict[str, int] = {}
-        for name, _ in groups[gi]:
-            per_layer[name] = per_layer.get(name, 0) + 1
+        for gi in units[ui]:
+            for n, k in _layer_counts(groups[gi]).items():
+                per_layer[n] = per_layer.get(n, 0) + k
         if any(removed_per_layer[n] + k > limit[n] for n, k in per_layer.items()):
+            blocked.add(unit_family[ui])
             continue
         for n, k in per_layer.items():
             removed_per_layer[n] += k
-        chosen.append(gi)
-        removed += len(groups[gi])
+        chosen.extend(units[ui])
+        removed += sum(len(groups[gi]) for gi in units[ui])
     if removed < target:
         raise PruneError(
             f"ratio {ratio} asks for {target:,} of {total:,} channels, but the per-layer caps "
@@ -164,3 +252,64 @@ def project_channel_groups(
     logger.info("channel groups: removed %d of %d channels in %d groups", removed, total,
                 len(chosen))  # fmt: skip
     return masks
+
+
+def check_round_to(round_to: int) -> int:
+    """``round_to`` as a positive int, or a ``PruneError``."""
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise PruneError(f"round_to={round_to!r}; expected a positive integer (1: no rounding)")
+    return round_to
+
+
+def build_projection(
+    model: nn.Module,
+    names: Sequence[str],
+    projection: str,
+    *,
+    norm: str | None = None,
+    criterion: str | None = None,
+    round_to: int = 1,
+) -> Projection:
+    """The projection called ``projection``, made ready for ``model``'s targets ``names``.
+
+    Only ``group`` needs the model: it is bound to :func:`model_channel_groups` (so a removed
+    group takes every filter tied to it) and, for ``criterion="bn"``, ranks by the batch-norm
+    scales read from the model at each call. ``criterion`` ("l1", "l2", "bn"; default ``norm``,
+    else "l2") and ``round_to`` apply to ``group`` only. The result has the signature of every
+    projection, ``(weights, ratio, *, caps) -> masks``, so ADMM's Z-step and magnitude pruning
+    use it unchanged: the filters of removed groups are all False in the masks.
+    """
+    if projection != "group":
+        if criterion is not None or round_to != 1:
+            raise PruneError(
+                f"criterion and round_to apply to the 'group' projection, not {projection!r}"
+            )
+        return get_projection(projection, norm=norm)
+    get_projection(projection, norm=norm)  # validates the norm
+    criterion = criterion or norm or "l2"
+    if criterion not in CRITERIA:
+        raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
+    check_round_to(round_to)
+    names = list(names)
+    groups = model_channel_groups(model, names)
+    if criterion == "bn":
+        filter_scores(model, names, "bn")  # refuse a model without batch-norm scales now
+
+    def project(
+        weights: Mapping[str, torch.Tensor],
+        ratio: float,
+        *,
+        caps: Mapping[str, float] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        scores = filter_scores(model, names, "bn") if criterion == "bn" else None
+        return project_channel_groups(
+            weights,
+            groups,
+            ratio,
+            caps=caps,
+            norm="l2" if criterion == "bn" else criterion,
+            scores=scores,
+            round_to=round_to,
+        )
+
+    return project
