@@ -67,7 +67,7 @@ def test_custom_category_ids_and_numbered_image_ids(tmp_path):
         ("80 0.5 0.5 0.2 0.2", r"class 80 is out of range; expected \[0, 80\)"),
         ("0 0.5 x 0.2 0.2", "is not four numbers"),
         ("0 120 80 30 40", r"outside \[0, 1\]; YOLO labels are normalised"),
-        ("0 0.5 0.5 nan 0.2", r"outside \[0, 1\]"),
+        ("0 0.5 0.5 nan 0.2", "not a finite number"),
         ("0 0.5 0.5 0 0.2", "zero width or height"),
     ],
 )

@@ -30,7 +30,9 @@ def is_image_path(path: str | Path) -> bool:
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as BGR ``uint8`` ``[H, W, 3]``.
 
-    Grey images are expanded to three channels and an alpha channel is dropped.
+    Grey images are expanded to three channels and an alpha channel is dropped. Any size that
+    OpenCV decodes (up to 2**30 pixels) is read whole: a 10000 x 10000 photo takes about a
+    second and 300 MB, and the detector then resizes it to the network input like any other.
 
     Raises:
         DataError: the file does not exist, is a folder, or cannot be decoded as an image.
@@ -46,9 +48,26 @@ def load_image(path: str | Path) -> np.ndarray:
         raise DataError(f"cannot read the file ({exc.strerror})", path=p) from None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        what = "the file is empty" if not data.size else "OpenCV cannot decode it"
-        raise DataError(f"not a readable image ({what}); is it corrupt or not an image?", path=p)
+        raise DataError(_why_unreadable(data.tobytes()), path=p)
     return image
+
+
+def _why_unreadable(data: bytes) -> str:
+    """The message for bytes OpenCV could not decode: empty, cut off, or not an image."""
+    if not data:
+        return "not a readable image (the file is empty); is it corrupt or not an image?"
+    if data[:3] == b"\xff\xd8\xff" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        # No end-of-image marker after the last start-of-scan: the entropy-coded data stops.
+        return (
+            f"truncated JPEG ({len(data):,} bytes, no end-of-image marker): the file was cut "
+            "off while copying or downloading; fetch it again"
+        )
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-12:]:
+        return (
+            f"truncated PNG ({len(data):,} bytes, no IEND chunk): the file was cut off while "
+            "copying or downloading; fetch it again"
+        )
+    return "not a readable image (OpenCV cannot decode it); is it corrupt or not an image?"
 
 
 def list_images(folder: str | Path, *, all_files: bool = False) -> list[Path]:

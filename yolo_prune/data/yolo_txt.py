@@ -78,15 +78,27 @@ def parse_label_file(
                 f"box {' '.join(fields[1:])!r} is not four numbers cx cy w h", path=p, line=number
             ) from None
         values = (cx, cy, w, h)
-        if not all(math.isfinite(v) and -_EPS <= v <= 1 + _EPS for v in values):
+        if not all(math.isfinite(v) for v in values):
+            raise DataError(
+                f"box {' '.join(fields[1:])} holds a value that is not a finite number; the "
+                "tool that wrote the labels divided by zero?",
+                path=p,
+                line=number,
+            )
+        if w <= 0 or h <= 0:
+            raise DataError(
+                f"box has a {'negative' if min(w, h) < 0 else 'zero'} width or height "
+                f"({w} x {h}); the last two fields are the box size as fractions of the image",
+                path=p,
+                line=number,
+            )
+        if not all(-_EPS <= v <= 1 + _EPS for v in values):
             raise DataError(
                 f"box {' '.join(fields[1:])} is outside [0, 1]; YOLO labels are normalised by "
                 "the image width and height",
                 path=p,
                 line=number,
             )
-        if w <= 0 or h <= 0:
-            raise DataError(f"box has zero width or height ({w} x {h})", path=p, line=number)
         objects.append((cls, cx, cy, w, h))
     return objects
 
