@@ -84,6 +84,10 @@ def _build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
         nested = _NESTED.get(key)
         if nested is not None and isinstance(value, Mapping):
             value = _build_dataclass(nested, value, f"{where}.{key}")
+        elif nested is not None and value is not None and not isinstance(value, nested):
+            raise ConfigError(
+                f"{where}.{key}: expected a mapping of {nested.__name__} options, got {value!r}"
+            )
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
@@ -117,10 +121,17 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     Every method entry is validated (its config built) so that a typo fails before training.
     """
     p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such recipe file; check the path")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p.name}: not a YAML recipe (not UTF-8 text)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p.name}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p.name}:{mark.line + 1}" if mark is not None else p.name
+        problem = getattr(exc, "problem", None) or "malformed"
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict) or not isinstance(data.get("methods"), list):
         raise ConfigError(f"{p.name}: expected a mapping with a 'methods' list")
     for i, entry in enumerate(data["methods"]):
