@@ -17,6 +17,9 @@ import sys
 # Before torch loads: OpenMP threads that spin while waiting make every op 5-30x slower as soon
 # as another process holds a core (measured: detect on a video, 1.3 vs 8.3 FPS on 2 busy cores).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before cv2 loads: OpenCV and libpng print their own warnings for a damaged image, which would
+# add lines of noise to the one-line error that names the file.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 from yolo_prune.errors import YoloPruneError
 
@@ -59,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except YoloPruneError as exc:
         if args.debug:
             raise
-        print(f"yolo-prune {args.command}: error: {exc}", file=sys.stderr)
+        # One line whatever the message holds (a library's multi-line text quoted in it).
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"yolo-prune {args.command}: error: {message}", file=sys.stderr)
         return 2
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         if args.debug:
