@@ -24,6 +24,7 @@ hard-pruned to ``project(W)`` at the final ratio and retrained with the masks he
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ from yolo_prune.prune.base import (
     FitFn,
     PruneResult,
     check_epochs,
+    check_state_names,
     prepare_targets,
     target_weights,
 )
@@ -179,7 +181,8 @@ class ADMMHook(Hook):
         self.ratio = config.stage_ratio(0)
         self.history: list[dict[str, Any]] = []
         self._params: dict[str, nn.Parameter] = {}
-        self._start_epoch = 0
+        self._start_epoch = 0  # the epoch this ADMM phase began at (stages count from it)
+        self._resumed = False  # load_state_dict() ran: keep its _start_epoch in before_train
 
     # -- ADMM algebra ---------------------------------------------------------------------
 
@@ -237,13 +240,49 @@ class ADMMHook(Hook):
         self.ratio = ratio
         return changed
 
+    # -- checkpoint state -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this ADMM phase exactly: ``Z`` and ``U``
+        (``name -> Tensor``, the targets' shapes), ``rho``, the stage's ``ratio``, the epoch the
+        phase began at and the residual history; tensors and plain values only."""
+        return {
+            "names": list(self.names),
+            "Z": dict(self.Z),
+            "U": dict(self.U),
+            "rho": self.rho,
+            "ratio": self.ratio,
+            "start_epoch": self._start_epoch,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take over what :meth:`state_dict` returned (before ``fit`` resumes the run).
+
+        Raises:
+            PruneError: the state is for other targets than this hook's.
+        """
+        check_state_names("ADMMHook", state["names"], self.names)
+        self.Z = {n: state["Z"][n].detach().clone() for n in self.names}
+        self.U = {n: state["U"][n].detach().clone() for n in self.names}
+        self.rho = float(state["rho"])
+        self.ratio = float(state["ratio"])
+        self._start_epoch = int(state["start_epoch"])
+        self.history = copy.deepcopy(list(state["history"]))
+        self._resumed = True
+
     # -- hook points ----------------------------------------------------------------------
 
     def before_train(self, state: TrainState) -> None:
         self._params = target_weights(state.model, self.names)
-        self._start_epoch = state.epoch
+        if not self._resumed:
+            self._start_epoch = state.epoch
+        self._resumed = False
         if not self.Z:
             self.init_(self._params)
+        else:  # given by init_() or load_state_dict(): on the parameters' device
+            self.Z = {n: z.to(self._params[n].device) for n, z in self.Z.items()}
+            self.U = {n: u.to(self._params[n].device) for n, u in self.U.items()}
 
     def after_backward(self, state: TrainState) -> None:
         self.add_penalty_grad_(self._params)

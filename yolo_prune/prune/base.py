@@ -63,6 +63,32 @@ def target_weights(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Te
     return {n: params[n] for n in names}
 
 
+def check_state_names(hook: str, saved: Sequence[str], names: Sequence[str]) -> None:
+    """Raise unless a checkpointed pruning hook's target names are this run's ``names``.
+
+    Hooks of one class are keyed in a checkpoint by their rank among that class
+    (:func:`~yolo_prune.engine.checkpoint.stateful_hooks`); comparing names makes a state that
+    reaches the wrong hook (hooks passed in another order, other targets) fail loudly instead
+    of resuming with another layer's Z, U or masks.
+    """
+    from yolo_prune.errors import PruneError
+
+    if list(saved) == list(names):
+        return
+    diff = sorted(set(saved) ^ set(names))
+    if diff:
+        found = (
+            f"is for {len(saved)} target(s), this run's {hook} has {len(names)}; they differ "
+            f"in {', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}"
+        )
+    else:
+        found = f"lists this run's {len(names)} target(s) in another order"
+    raise PruneError(
+        f"the checkpoint's {hook} state {found}; resume with the pruning settings and the "
+        "hook order of the original run"
+    )
+
+
 def check_epochs(value: int, what: str, *, minimum: int = 0) -> int:
     """An epoch/round count as an int >= ``minimum``, or a ``PruneError``."""
     from yolo_prune.errors import PruneError

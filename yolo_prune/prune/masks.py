@@ -17,12 +17,14 @@ re-masks it after every step anyway.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from yolo_prune.engine.hooks import Hook, TrainState
 from yolo_prune.errors import PruneError
+from yolo_prune.prune.base import check_state_names
 
 Masks = Mapping[str, torch.Tensor]
 
@@ -89,16 +91,34 @@ class MaskHook(Hook):
         self._params: dict[str, nn.Parameter] = {}
         self._pruned: dict[str, torch.Tensor] = {}  # ~mask on the parameter's device
 
+    def state_dict(self) -> dict[str, Any]:
+        """The masks (bool tensors) and their names, for a checkpoint."""
+        return {"names": list(self.masks), "masks": dict(self.masks)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Hold the checkpoint's masks from now on: a resumed run keeps the weights it pruned.
+
+        Raises:
+            PruneError: the masks are for other parameters than this hook's.
+        """
+        check_state_names("MaskHook", state["names"], list(self.masks))
+        self.masks = {n: state["masks"][n].to(dtype=torch.bool).clone() for n in self.masks}
+        if self._params:
+            self._set_pruned()
+
     def before_train(self, state: TrainState) -> None:
         self._params = resolve(state.model, self.masks)
         check_masks(self._params, self.masks)
-        self._pruned = {
-            n: ~m.to(device=self._params[n].device, dtype=torch.bool) for n, m in self.masks.items()
-        }
+        self._set_pruned()
         self._mask_params()
         mask_optimizer_state_(state.optimizer, state.model, self.masks)
         for module in self.extra:
             apply_masks_(module, self.masks)
+
+    def _set_pruned(self) -> None:
+        self._pruned = {
+            n: ~m.to(device=self._params[n].device, dtype=torch.bool) for n, m in self.masks.items()
+        }
 
     @torch.no_grad()
     def _mask_params(self) -> None:

@@ -15,9 +15,11 @@ and, if ``retrain_epochs > 0``, the network is fine-tuned with the masks held.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ from yolo_prune.prune.base import (
     FitFn,
     PruneResult,
     check_epochs,
+    check_state_names,
     prepare_targets,
     target_weights,
 )
@@ -101,6 +104,24 @@ class SoftFilterHook(Hook):
         return project_filters(
             self._params, self.config.ratio, caps=self.caps, norm=self.config.norm
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """For a checkpoint: the history and which filters were kept at the last epoch end
+        (``name -> bool Tensor[O]``, or ``None`` before the first), from which the next epoch
+        counts the filters that changed side. The masks themselves are chosen afresh from the
+        weights at every epoch end, and the weights are in the checkpoint."""
+        return {"names": list(self.names), "history": self.history, "last": self._last}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take over what :meth:`state_dict` returned.
+
+        Raises:
+            PruneError: the state is for other targets than this hook's.
+        """
+        check_state_names("SoftFilterHook", state["names"], self.names)
+        self.history = copy.deepcopy(list(state["history"]))
+        last = state["last"]
+        self._last = None if last is None else {n: last[n].clone() for n in self.names}
 
     def before_train(self, state: TrainState) -> None:
         self._params = target_weights(state.model, self.names)
