@@ -138,5 +138,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         if not isinstance(entry, dict) or "method" not in entry or "name" not in entry:
             raise ConfigError(f"{p.name}: methods[{i}] needs 'name' and 'method'")
         options = {k: v for k, v in entry.items() if k not in ("name", "method")}
-        entry["config"] = build_config(entry["method"], options)
+        try:
+            entry["config"] = build_config(entry["method"], options)
+        except (ConfigError, PruneError) as exc:  # say which file and entry
+            raise type(exc)(f"{p.name}: methods[{i}] ({entry['name']}): {exc}") from None
     return data
