@@ -145,6 +145,93 @@ def test_pruning_masks_keep_pruned_weights_exactly_zero(tiny_data, tmp_path):
     assert result["steps"] == 8
 
 
+_PRUNED_RUN = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from yolo_prune.darknet import Darknet
+from yolo_prune.engine import Hook
+from yolo_prune.prune.admm import ADMMConfig, ADMMHook
+from yolo_prune.prune.masks import MaskHook
+from yolo_prune.prune.targets import select_targets
+
+def build_hooks(kind, cfg):
+    model = Darknet.from_cfg(cfg, size=64)  # names and shapes only (train_detector reseeds)
+    names = select_targets(model)
+    if kind == "admm":
+        # Z/U every 3 steps and a new rho and ratio at each epoch end: the kill at step 6
+        # lands between Z-steps, one stage change behind and one ahead.
+        config = ADMMConfig(ratio=0.5, epochs=3, stages=3, ratios=(0.2, 0.4, 0.5),
+                            rho=1e-2, update_every=3)
+        return [ADMMHook(names, config)]
+    params, gen = dict(model.named_parameters()), torch.Generator().manual_seed(1)
+    return [MaskHook({n: torch.rand(params[n].shape, generator=gen) > 0.5 for n in names})]
+
+class Kill(Hook):
+    def after_step(self, state):
+        if state.step == 6:  # epoch 1, third step of four; checkpoint of step 6 not yet written
+            os.kill(os.getpid(), signal.SIGKILL)
+
+if __name__ == "__main__":
+    from yolo_prune.data.augment import AugmentConfig
+    from yolo_prune.detect.train import TrainConfig, train_detector
+
+    kind, cfg, data, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    config = TrainConfig(cfg=cfg, data=data, out=out, epochs=3, size=64, batch_size=2, lr=1e-3,
+        warmup_epochs=1.0, augment=AugmentConfig(), deterministic=True, ema_tau=3.0,
+        checkpoint_every=1)
+    train_detector(config, hooks=[*build_hooks(kind, cfg), Kill()])
+"""
+
+
+@pytest.mark.parametrize("kind", ["admm", "mask"])
+def test_sigkill_and_resume_of_a_pruning_run_equals_uninterrupted(tiny_data, tmp_path, kind):
+    """Acceptance of issue 5 for pruning: the hooks' state (ADMM Z/U/rho/stage, masks) is in
+    every checkpoint, so a run killed in mid-epoch and resumed ends where an uninterrupted
+    run ends."""
+    import runpy
+
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(_PRUNED_RUN))
+    build_hooks = runpy.run_path(str(script))["build_hooks"]
+    ref_hooks = build_hooks(kind, TINY_CFG)
+    ref = train_detector(_config(tiny_data, tmp_path / "ref"), hooks=ref_hooks)
+    cut = tmp_path / "cut"
+    proc = subprocess.run(
+        [sys.executable, str(script), kind, str(TINY_CFG), str(tiny_data), str(cut)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    saved = load_checkpoint(cut / "last.pt")
+    assert (saved["epoch"], saved["epoch_step"], saved["epoch_done"]) == (1, 2, False)
+    hooks = build_hooks(kind, TINY_CFG)
+    resumed = train_detector(_config(tiny_data, cut, resume=True, checkpoint_every=1), hooks=hooks)
+
+    assert resumed["steps"] == ref["steps"] == 12
+    for which in ("model", "ema"):
+        a, b = resumed[which].state_dict(), ref[which].state_dict()
+        for name in b:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=f"{which} {name}")
+    (hook,), (ref_hook,) = hooks, ref_hooks
+    if kind == "admm":
+        for which in ("Z", "U"):
+            got, want = getattr(hook, which), getattr(ref_hook, which)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        assert (hook.rho, hook.ratio) == (ref_hook.rho, ref_hook.ratio) == (1.0, 0.5)
+        # Z-steps at steps 2, 5, 8, 11 and at the two stage changes; 3 of them before the kill
+        assert len(saved["hooks"]["ADMMHook:0"]["history"]) == 3
+        assert len(hook.history) == len(ref_hook.history) == 6
+        torch.testing.assert_close(hook.history, ref_hook.history, rtol=0, atol=1e-6)
+    else:
+        params = dict(resumed["model"].named_parameters())
+        ema = dict(resumed["ema"].named_parameters())
+        for name, keep in hook.masks.items():
+            for p in (params[name], ema[name]):
+                assert torch.count_nonzero(p.detach()[~keep]) == 0, name
+                assert torch.count_nonzero(p.detach()[keep]) == int(keep.sum()), name
+    assert (cut / "final.weights").read_bytes() == (tmp_path / "ref" / "final.weights").read_bytes()
+
+
 def test_bad_label_and_bad_image_do_not_end_the_run(tiny_data, tmp_path, caplog):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
