@@ -46,10 +46,21 @@ def load_image(path: str | Path) -> np.ndarray:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as exc:
         raise DataError(f"cannot read the file ({exc.strerror})", path=p) from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    # A cut-off PNG is refused before decoding: libpng would print its own complaint on stderr.
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size and not _cut_png(data) else None
     if image is None:
         raise DataError(_why_unreadable(data.tobytes()), path=p)
     return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _cut_png(data: np.ndarray) -> bool:
+    """A PNG without its closing IEND chunk (looked for at the end first, then anywhere)."""
+    if data[:8].tobytes() != _PNG_SIGNATURE:
+        return False
+    return b"IEND" not in data[-32:].tobytes() and b"IEND" not in data.tobytes()
 
 
 def _why_unreadable(data: bytes) -> str:
@@ -62,7 +73,7 @@ def _why_unreadable(data: bytes) -> str:
             f"truncated JPEG ({len(data):,} bytes, no end-of-image marker): the file was cut "
             "off while copying or downloading; fetch it again"
         )
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-12:]:
+    if _cut_png(np.frombuffer(data, dtype=np.uint8)):
         return (
             f"truncated PNG ({len(data):,} bytes, no IEND chunk): the file was cut off while "
             "copying or downloading; fetch it again"
