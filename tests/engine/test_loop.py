@@ -180,3 +180,31 @@ def test_engine_imports_nothing_of_pruning():
                 assert not (node.module or "").startswith("yolo_prune.prune"), path.name
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("yolo_prune.prune") for a in node.names)
+
+
+def test_grad_clip_applies_to_the_loss_only_not_to_a_hook_penalty():
+    # A penalty gradient added in after_backward (ADMM's rho * (W - Z + U)) must reach the
+    # optimizer whole: clipped together with the loss gradient, a large rho would be cut back
+    # to the clip norm and could not pull the weights.
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    seen = {}
+
+    def add_penalty(s):
+        seen["loss_grad_norm"] = float(
+            torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        )
+        for p in model.parameters():
+            p.grad.add_(100.0)
+
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    trainer = Trainer(
+        model, opt, cross_entropy_loss, hooks=[LambdaHook(after_backward=add_penalty)],
+        grad_clip=1e-3,
+    )  # fmt: skip
+    trainer.fit(_data(1), epochs=1)
+    assert seen["loss_grad_norm"] <= 1e-3 + 1e-9  # the loss gradient was clipped first
+    for b, p in zip(before, model.parameters(), strict=True):
+        step = b - p.detach()
+        assert torch.all(step > 99.0)  # the penalty's 100 per weight went through unclipped

@@ -52,7 +52,10 @@ class Trainer:
         hooks: called in this order at every point (see :mod:`yolo_prune.engine.hooks`).
         device: where batches are moved before ``compute_loss``.
         max_steps_per_epoch: cut every epoch short after this many steps (tests, smoke runs).
-        grad_clip: clip the gradient norm to this value after the hooks' ``after_backward``.
+        grad_clip: clip the norm of the loss's gradient to this value, before the hooks'
+            ``after_backward``: a penalty gradient a hook adds there (ADMM's
+            ``rho * (W - Z + U)``) is not clipped with it, or a large ``rho`` would be cut back
+            to the clip norm and ADMM would stall.
         accumulate: batches whose gradients are summed per optimizer step (each batch's loss
             is divided by it); ``state.step``/``state.epoch_step`` count optimizer steps, and the
             hooks' ``before_step``/``after_backward``/``after_step`` run once per optimizer
@@ -164,9 +167,9 @@ class Trainer:
         self._micro = 0
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        self._call("after_backward")
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self._call("after_backward")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
