@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from yolo_prune.errors import ConfigError, DataError, WeightsError, require_file
+from yolo_prune.errors import ConfigError, DataError
+from yolo_prune.jobs import models
 from yolo_prune.utils.io import atomic_write_text
 
 
@@ -93,60 +94,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 # --- model ----------------------------------------------------------------------------------
 
-
-def load_model(
-    cfg: Path | None, weights: Path, *, size: int | None = None
-) -> tuple[nn.Module, str]:
-    """The Darknet model of ``cfg`` filled from ``weights``; returns ``(model, weights format)``."""
-    from yolo_prune.darknet import Darknet
-    from yolo_prune.prune.sparse import is_sparse_file, load_sparse
-
-    require_file(weights, "weights file")
-    if cfg is not None:
-        require_file(cfg, "cfg file")
-    if is_sparse_file(weights):
-        state, meta = load_sparse(weights)
-        if cfg is not None:
-            model = Darknet.from_cfg(cfg, size=size)
-        elif isinstance(meta.get("cfg"), str):
-            model = Darknet.from_cfg_text(meta["cfg"], size=size)
-        else:
-            raise ConfigError(f"{weights.name} carries no cfg; give --cfg")
-        _load_state(model, state, weights)
-        return model, "sparse"
-    if cfg is None:
-        raise ConfigError("--cfg is required unless --weights is a sparse file that carries one")
-    model = Darknet.from_cfg(cfg, size=size)
-    with weights.open("rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"
-    if zipped or weights.suffix in (".pt", ".pth"):
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"not a readable PyTorch state dict ({exc})", path=weights) from None
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        if not isinstance(state, dict):
-            raise WeightsError("expected a state dict (name -> tensor)", path=weights)
-        _load_state(model, state, weights)
-        return model, "state_dict"
-    model.load_weights(weights)
-    return model, "darknet"
-
-
-def _load_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        what = (
-            f"missing {result.missing_keys[0]!r}"
-            if result.missing_keys
-            else f"unexpected {result.unexpected_keys[0]!r}"
-        )
-        raise WeightsError(
-            f"tensors do not match the cfg ({what}, {len(result.missing_keys)} missing, "
-            f"{len(result.unexpected_keys)} unexpected); check that --cfg is the one trained",
-            path=path,
-        )
+load_model = models.load_model  # the CLI's name for it; detect and prune use it too
 
 
 def size_metrics(model: nn.Module) -> dict[str, Any]:

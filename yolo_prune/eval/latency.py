@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -146,3 +146,35 @@ def measure_latency(
     finally:
         model.train(was_training)
     return summarize(times, batch_size=batch_size, device=device_description(dev))
+
+
+@torch.inference_mode()
+def compare_latency(
+    models: Mapping[str, nn.Module],
+    input_shape: tuple[int, int, int],
+    *,
+    rounds: int = 5,
+    runs: int = 4,
+    warmup: int = 2,
+    device: torch.device | str = "cpu",
+    channels_last: bool = True,
+) -> dict[str, Latency]:
+    """Batch-1 latency of several models measured side by side, in alternating rounds.
+
+    Each round times ``runs`` passes of every model in turn, so load from other processes or
+    clock changes hit all of them alike; the ratio of two results is what to quote.
+    """
+    dev = torch.device(device)
+    x = torch.rand((1, *input_shape), generator=torch.Generator().manual_seed(0)).to(dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        model.eval()
+        time_calls(lambda m=model: m(x), warmup=warmup, runs=0, synchronize=sync)
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name] += time_calls(lambda m=model: m(x), warmup=0, runs=runs, synchronize=sync)
+    desc = device_description(dev)
+    return {name: summarize(t, batch_size=1, device=desc) for name, t in times.items()}

@@ -1,0 +1,140 @@
+"""``yolo-prune prune``: prune a detector end to end and report dense vs pruned.
+
+    yolo-prune prune --cfg cfg/yolov3-tiny.cfg --weights W --data TRAIN --val VAL \\
+        --ratio 0.5 [--method admm] [--recipe cfg/recipes/yolov3-tiny.yaml] --out DIR
+
+Without ``--recipe`` the recipe ``cfg/recipes/<cfg name>.yaml`` is used when there is one.
+Flags override the recipe's keys; ``--set KEY=VALUE`` any other key (``--set train.lr=0.002``).
+``--weights yolov4-tiny`` (a name, not a file) fetches the canonical weights through the
+verified downloader. See :mod:`yolo_prune.jobs.prune` for the files written to ``DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from yolo_prune.errors import ConfigError, require_file
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Arguments ``prune`` and ``sweep`` share."""
+    p.add_argument("--cfg", type=Path, help="Darknet .cfg (default: the recipe's model)")
+    p.add_argument("--weights", help="dense weights: a file, or a name to download (yolov4)")
+    p.add_argument("--data", type=Path, help="training dataset folder (COCO JSON or YOLO txt)")
+    p.add_argument("--val", type=Path, help="validation dataset folder (default: --data)")
+    p.add_argument("--val-split", help="validation split (default: the first val* split)")
+    p.add_argument("--recipe", type=Path, help="recipe YAML (default: cfg/recipes/<cfg>.yaml)")
+    p.add_argument("--size", type=int, help="network input side (default: the recipe's)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, dotted (train.lr=0.002, methods.admm.epochs=2)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-latency", action="store_true", help="skip FPS timing")
+    p.add_argument("--max-val-images", type=int, help="evaluate on the first N images only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from yolo_prune.prune.registry import METHODS
+
+    p = subparsers.add_parser(
+        "prune",
+        help="prune a detector, fine-tune it, report dense vs pruned",
+        description=(
+            "Evaluate the dense detector, prune it (ADMM phase, hard prune, masked fine-tune "
+            "for admm), evaluate again, and write pruned weights, a sparse file, the report and "
+            "a per-layer chart to --out. Registered methods: " + ", ".join(sorted(METHODS))
+        ),
+    )
+    add_common(p)
+    p.add_argument("--ratio", type=float, help="global fraction of weights to remove")
+    p.add_argument("--method", help="recipe variant or registered method (default: admm)")
+    p.set_defaults(func=run)
+
+
+def default_recipe(cfg: Path | None) -> Path | None:
+    """``cfg/recipes/<cfg stem>.yaml`` beside the cfg's folder or under the working directory."""
+    if cfg is None:
+        return None
+    for root in (cfg.resolve().parent.parent, Path.cwd()):
+        candidate = root / "cfg" / "recipes" / f"{cfg.stem}.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe with the flags applied (flags win)."""
+    from yolo_prune.jobs.recipe import apply_overrides, normalise, read_recipe
+
+    path = args.recipe or default_recipe(args.cfg)
+    recipe = read_recipe(path) if path is not None else normalise({})
+    sets = list(args.set)
+    for flag, key in (("ratio", "ratio"), ("method", "method"), ("size", "size")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            recipe[key] = value
+    if sets:
+        recipe = {**apply_overrides(recipe, sets), "_dir": recipe.get("_dir")}
+    if recipe.get("_dir") is None:
+        recipe.pop("_dir", None)
+    recipe["_path"] = str(path) if path else None
+    return recipe
+
+
+def job_inputs(args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, Any]:
+    """cfg, weights, data and val from the flags or the recipe, checked to exist."""
+    from yolo_prune.hub import resolve_weights
+    from yolo_prune.jobs.recipe import resolve_path
+
+    cfg = args.cfg or resolve_path(recipe, recipe.get("model"))
+    if cfg is None:
+        raise ConfigError("no model: give --cfg or a recipe with 'model:'")
+    require_file(cfg, "cfg file")
+    weights = args.weights or recipe.get("weights")
+    if weights is None:
+        raise ConfigError("no dense weights: give --weights FILE (or a name such as yolov4-tiny)")
+    weights = resolve_weights(resolve_path(recipe, weights))
+    require_file(weights, "weights file")
+    data = args.data or resolve_path(recipe, recipe.get("data"))
+    if data is None:
+        raise ConfigError("no training data: give --data FOLDER")
+    val = args.val or resolve_path(recipe, recipe.get("val")) or data
+    for what, folder in (("--data", data), ("--val", val)):
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{what} {folder}: no such dataset folder")
+    if args.max_val_images is not None and args.max_val_images < 1:
+        raise ConfigError(f"--max-val-images {args.max_val_images}; expected a positive integer")
+    return {"cfg": Path(cfg), "weights": Path(weights), "data": Path(data), "val": Path(val)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from yolo_prune.jobs.prune import PruneJobConfig, format_report, run_prune
+
+    recipe = recipe_from_args(args)
+    inputs = job_inputs(args, recipe)
+    method = recipe.get("method") or "admm"
+    if recipe.get("ratio") is None:
+        raise ConfigError("no ratio: give --ratio R (the fraction of weights to remove, e.g. 0.5)")
+    config = PruneJobConfig(
+        **inputs,
+        out=args.out,
+        recipe=recipe,
+        method=method,
+        device=args.device,
+        progress=not args.no_progress,
+        latency=not args.no_latency,
+        val_split=args.val_split,
+        max_val_images=args.max_val_images,
+    )
+    report = run_prune(config)
+    print(format_report(report), end="")
+    print(f"outputs: {args.out}/ (report.md, report.json, pruned.weights, pruned.sparse, ...)")
+    return 0

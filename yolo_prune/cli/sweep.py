@@ -1,0 +1,76 @@
+"""``yolo-prune sweep``: mAP against sparsity over ratios and methods, resumable.
+
+    yolo-prune sweep --cfg cfg/yolov3-tiny.cfg --weights W --data TRAIN --val VAL \\
+        --ratios 0.5,0.7,0.9 --methods admm,magnitude --out DIR
+
+Writes ``DIR/sweep.json``, ``DIR/sweep.md`` (the table) and ``DIR/sweep.png`` (AP50 against
+sparsity, a line per method), plus one full ``yolo-prune prune`` output folder per point under
+``DIR/points/``. Run the same command again to resume: finished points are read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from yolo_prune.cli.prune import add_common, job_inputs, recipe_from_args
+from yolo_prune.errors import ConfigError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers, e.g. 0.5,0.7,0.9") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="AP50 vs sparsity over ratios and methods (table, plot, JSON; resumable)",
+        description="Run yolo-prune prune for every method at every ratio; resumable.",
+    )
+    add_common(p)
+    p.add_argument("--ratios", type=_floats, default=(0.1, 0.3, 0.5, 0.7, 0.9), help="e.g. 0.5,0.9")
+    p.add_argument("--methods", type=_names, help="recipe variants or methods (default: admm)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from yolo_prune.jobs.prune import PruneJobConfig
+    from yolo_prune.jobs.recipe import variant_options
+    from yolo_prune.jobs.sweep import SweepConfig, format_table, run_sweep
+
+    recipe = recipe_from_args(args)
+    inputs = job_inputs(args, recipe)
+    methods = args.methods or (recipe.get("method") or "admm",)
+    for method in methods:  # a typo fails before the first point
+        variant_options(recipe, method)
+    if not args.ratios:
+        raise ConfigError("--ratios is empty; give e.g. 0.5,0.7,0.9")
+    job = PruneJobConfig(
+        **inputs,
+        out=args.out,
+        recipe=recipe,
+        method=methods[0],
+        device=args.device,
+        progress=not args.no_progress,
+        latency=not args.no_latency,
+        val_split=args.val_split,
+        max_val_images=args.max_val_images,
+    )
+
+    def show(row: dict) -> None:
+        print(
+            f"{row['method']} at {row['ratio']:g}: sparsity {100 * (row['sparsity'] or 0):.1f}%, "
+            f"AP50 {100 * (row['AP50'] or 0):.2f}",
+            flush=True,
+        )
+
+    summary = run_sweep(SweepConfig(job=job, ratios=args.ratios, methods=methods), on_point=show)
+    print(format_table(summary), end="")
+    print(f"outputs: {args.out}/sweep.json, sweep.md, sweep.png")
+    return 0

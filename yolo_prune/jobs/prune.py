@@ -1,0 +1,376 @@
+"""The main job: evaluate a dense detector, prune it, fine-tune it, evaluate and report.
+
+:func:`run_prune` is the one library call behind ``yolo-prune prune``. The pruning method
+(:mod:`yolo_prune.prune`) drives the schedule through two callbacks this module supplies:
+``fit(phase, epochs, hooks)`` fine-tunes with :func:`~yolo_prune.detect.train.train_detector`
+(the method's hooks add its penalty or hold its masks) and ``evaluate()`` returns val AP50.
+
+Files written under ``out`` (each atomically; the reports last, so a report means a finished run)::
+
+    config.yaml             the merged recipe that ran (re-runnable with --recipe)
+    dense.json              the dense model's figures (reused by a resumed sweep)
+    phases/<phase>/         each training phase's checkpoint (last.pt) and metrics.json
+    pruned.weights          Darknet weights of the pruned model, dense layout, zeros in place
+    pruned.sparse           the same, compactly (yolo-prune eval/detect read it)
+    pruned-shrunk.cfg/.weights   structured methods: the physically smaller model
+    layer_sparsity.png      the pruned fraction of every layer
+    report.json, report.md  dense vs pruned: AP, AP50, params, sparsity, GFLOPs, FPS, sizes
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from yolo_prune.errors import ConfigError
+from yolo_prune.jobs.recipe import to_yaml, variant_options
+from yolo_prune.utils.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneJobConfig:
+    """One pruning run: what model, which data, which recipe variant, where to write."""
+
+    cfg: Path  # Darknet .cfg of the dense model
+    weights: Path | None  # its weights (.weights, .pt or sparse); None: random init (tests)
+    data: Path  # training dataset folder (COCO JSON or YOLO txt)
+    val: Path  # validation dataset folder (AP, AP50 before and after)
+    out: Path  # output folder
+    recipe: Mapping[str, Any]  # normalised recipe (see yolo_prune.jobs.recipe), overrides applied
+    method: str  # the variant of recipe["methods"] (or a registered method) to run
+    device: str = "cpu"  # torch device
+    progress: bool = True  # tqdm bars while training and evaluating
+    latency: bool = True  # time the forward pass (FPS) of the dense and pruned models
+    val_split: str | None = None  # validation split (None: the first val* split)
+    max_val_images: int | None = None  # evaluate on the first images only (smoke runs)
+    dense_metrics: Mapping[str, Any] | None = None  # figures of the dense model, if known
+    extra_train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig overrides (tests)
+
+
+def phase_settings(recipe: Mapping[str, Any], phase: str) -> dict[str, Any]:
+    """``train`` settings of ``phase``: the recipe's ``train``, then its ``phases`` entry.
+
+    A phase ``finetune-2`` or ``round-3`` also matches the entry ``finetune`` / ``round``;
+    ``default`` applies to phases with no entry of their own.
+    """
+    phases = recipe.get("phases") or {}
+    base = phase.rstrip("0123456789").rstrip("-")
+    own = phases.get(phase, phases.get(base, phases.get("default", {})))
+    return {**(recipe.get("train") or {}), **own}
+
+
+def load_dense(cfg: Path, weights: Path | None, *, size: int | None) -> nn.Module:
+    """The dense model of ``cfg`` at ``size``, filled from ``weights`` (any supported format)."""
+    from yolo_prune.darknet import Darknet
+    from yolo_prune.jobs.models import load_model
+
+    if weights is None:
+        model = Darknet.from_cfg(cfg, size=size)
+    else:
+        model, _ = load_model(cfg, weights, size=size)
+    if not getattr(model, "is_detector", False):
+        raise ConfigError(
+            f"{cfg.name} has no [yolo] layer; yolo-prune prune fine-tunes detectors on "
+            "detection data (for LeNet-5 / ResNet-56 see scripts/lenet5_mnist.py)"
+        )
+    return model
+
+
+def run_prune(config: PruneJobConfig) -> dict[str, Any]:
+    """Evaluate, prune, fine-tune, evaluate, write the outputs; returns the report.
+
+    Raises:
+        ConfigError, DataError, WeightsError, PruneError: bad options, data, weights or a
+            pruning request the model cannot satisfy (raised before any training).
+    """
+    from yolo_prune.detect.train import TrainConfig, train_detector
+    from yolo_prune.eval.detection import evaluate_detector
+    from yolo_prune.prune import build_pruner
+
+    started = time.perf_counter()
+    recipe = config.recipe
+    method, options = variant_options(recipe, config.method)
+    pruner = build_pruner(method, options)  # validates the options before any work
+    size = recipe.get("size")
+    model = load_dense(config.cfg, config.weights, size=size)
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    merged = {**recipe, "method": config.method, "methods": {config.method: {"method": method,
+              **options}}}  # fmt: skip
+    atomic_write_text(out / "config.yaml", to_yaml(merged))
+    letterbox = bool(recipe.get("train", {}).get("letterbox", False))
+
+    def evaluate(net: nn.Module) -> dict[str, Any]:
+        return evaluate_detector(
+            net,
+            config.val,
+            split=config.val_split,
+            letterbox=letterbox,
+            device=config.device,
+            max_images=config.max_val_images,
+            latency=False,  # timed side by side at the end (compare_latency)
+            progress=config.progress,
+        )
+
+    if config.dense_metrics is not None:
+        dense = dict(config.dense_metrics)
+    else:
+        logger.info("evaluating the dense model")
+        dense = evaluate(model)
+    atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
+
+    dense_model = copy.deepcopy(model) if config.latency else None
+    phases: list[dict[str, Any]] = []
+
+    def fit(phase: str, epochs: int, hooks: Sequence[Any]) -> None:
+        if epochs < 1:
+            return
+        t0 = time.perf_counter()
+        settings = {**phase_settings(recipe, phase), **config.extra_train}
+        try:
+            train_config = TrainConfig(
+                cfg=config.cfg,
+                data=config.data,
+                out=out / "phases" / phase,
+                epochs=epochs,
+                size=model.input_shape[1],
+                device=config.device,
+                progress=config.progress,
+                **settings,
+            )
+        except TypeError as exc:
+            raise ConfigError(f"train settings of phase {phase!r}: {exc}") from None
+        result = train_detector(train_config, hooks=hooks, model=model)
+        if result["ema"] is not None:  # continue from (and prune) the averaged weights
+            model.load_state_dict(result["ema"].state_dict())
+        for hook in hooks:  # EMA of masked weights keeps the zeros; re-assert them anyway
+            masks = getattr(hook, "masks", None)
+            if isinstance(masks, Mapping):
+                from yolo_prune.prune.masks import apply_masks_
+
+                apply_masks_(model, masks)
+        last = result["history"][-1] if result["history"] else {}
+        phases.append(
+            {"phase": phase, "epochs": epochs, "minutes": (time.perf_counter() - t0) / 60, **last}
+        )
+
+    def evaluate_ap50() -> float:
+        return float(evaluate(model)["AP50"])
+
+    logger.info("pruning with %s (%s) at ratio %s", config.method, method, options.get("ratio"))
+    result = pruner.run(model, fit=fit, evaluate=evaluate_ap50)
+    model.eval()
+    pruned = evaluate(model)
+
+    files = save_pruned(model, out, meta={"method": config.method, "ratio": options.get("ratio")})
+    shrunk = shrink_pruned(model, out)
+    if shrunk is not None:
+        shrunk_model, shrunk_files = shrunk
+        files.update(shrunk_files)
+        shrunk_metrics = evaluate(shrunk_model)
+    else:
+        shrunk_model = shrunk_metrics = None
+    if dense_model is not None:
+        timed = {"dense": dense_model, "pruned": model, "shrunk": shrunk_model}
+        speeds = time_side_by_side({k: v for k, v in timed.items() if v is not None}, config)
+        for name, metrics in (("dense", dense), ("pruned", pruned), ("shrunk", shrunk_metrics)):
+            if metrics is not None and name in speeds:
+                metrics.update(speeds[name])
+    chart = out / "layer_sparsity.png"
+    plot_layer_sparsity(model, result.masks, chart, title=f"{config.method}, ratio "
+                        f"{options.get('ratio')}")  # fmt: skip
+
+    report = {
+        "cfg": str(config.cfg),
+        "weights": str(config.weights) if config.weights else None,
+        "data": str(config.data),
+        "val": str(config.val),
+        "method": config.method,
+        "registered_method": method,
+        "options": json.loads(json.dumps(options, default=str)),
+        "ratio": options.get("ratio"),
+        "target_sparsity": result.sparsity,
+        "size": list(model.input_shape[1:]),
+        "dense": _figures(dense, config.weights),
+        "pruned": _figures(pruned, out / "pruned.weights"),
+        "shrunk": _figures(shrunk_metrics, out / "pruned-shrunk.weights")
+        if shrunk_metrics
+        else None,
+        "files": files,
+        "phases": phases,
+        "history": json.loads(json.dumps(result.history, default=float)),
+        "layers": layer_sparsity(model, result.masks),
+        "minutes": (time.perf_counter() - started) / 60,
+    }
+    atomic_write_text(out / "report.md", format_report(report))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def time_side_by_side(
+    models: Mapping[str, nn.Module], config: PruneJobConfig
+) -> dict[str, dict[str, Any]]:
+    """Batch-1 FPS of each model in inference form, timed in alternating rounds."""
+    from yolo_prune.detect import prepare_for_inference
+    from yolo_prune.eval.latency import compare_latency
+
+    ready = {k: prepare_for_inference(copy.deepcopy(m)).to(config.device) for k, m in
+             models.items()}  # fmt: skip
+    shape = next(iter(models.values())).input_shape
+    results = compare_latency(ready, shape, device=config.device)
+    return {k: {"fps": r.fps, "latency_ms": r.latency_ms} for k, r in results.items()}
+
+
+_FIGURES = (
+    "AP", "AP50", "AP75", "params", "nonzero_params", "weights", "nonzero_weights", "sparsity",
+    "gflops", "gflops_nonzero", "fps", "latency_ms", "images", "device",
+)  # fmt: skip
+
+
+def _figures(metrics: Mapping[str, Any] | None, weights: Path | None) -> dict[str, Any]:
+    if metrics is None:
+        return {}
+    out = {k: metrics.get(k) for k in _FIGURES}
+    out["weights_bytes"] = weights.stat().st_size if weights and weights.is_file() else None
+    return out
+
+
+def save_pruned(model: nn.Module, out: Path, *, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``pruned.weights`` (Darknet, dense layout) and ``pruned.sparse`` (compact, with cfg)."""
+    from yolo_prune.prune.sparse import save_sparse
+
+    weights = out / "pruned.weights"
+    model.save_weights(weights)
+    stats = save_sparse(
+        out / "pruned.sparse", model, meta={**meta, "cfg": model.cfg_text(), "format": "darknet"}
+    )
+    return {
+        "pruned.weights": weights.stat().st_size,
+        "pruned.sparse": stats["bytes"],
+    }
+
+
+def shrink_pruned(model: nn.Module, out: Path) -> tuple[nn.Module, dict[str, int]] | None:
+    """The physically smaller model, if whole channel groups are zero; exported as cfg+weights."""
+    zero_groups = getattr(model, "zero_channel_groups", None)
+    groups = zero_groups() if zero_groups is not None else set()
+    if not groups:
+        return None
+    from yolo_prune.darknet.surgery import fold_pruned_, shrink
+    from yolo_prune.export.darknet import export_darknet
+
+    small = shrink(fold_pruned_(copy.deepcopy(model), groups))
+    small.eval()
+    cfg, weights = out / "pruned-shrunk.cfg", out / "pruned-shrunk.weights"
+    export_darknet(small, cfg, weights)
+    logger.info("removed %d channel groups: %s", len(groups), cfg)
+    return small, {"pruned-shrunk.cfg": cfg.stat().st_size, "pruned-shrunk.weights":
+                   weights.stat().st_size}  # fmt: skip
+
+
+def layer_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Per pruned target: its weights, and the fraction that the masks remove."""
+    params = dict(model.named_parameters())
+    rows = []
+    for name, mask in masks.items():
+        rows.append(
+            {
+                "name": name,
+                "weights": int(mask.numel()),
+                "pruned": 1.0 - int(mask.sum()) / mask.numel(),
+                "zero_after": 1.0 - int(torch.count_nonzero(params[name])) / mask.numel(),
+            }
+        )
+    return rows
+
+
+def plot_layer_sparsity(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], path: Path, *, title: str
+) -> None:
+    """A bar per pruned layer (its pruned fraction) over a bar of its size, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from yolo_prune.utils.io import atomic_open
+
+    rows = layer_sparsity(model, masks)
+    labels = [r["name"].rsplit(".", 2)[0].replace("layers.", "") for r in rows]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(6, 0.3 * len(rows) + 2), 5), sharex=True)
+    ax.bar(range(len(rows)), [100 * r["pruned"] for r in rows], color="tab:red")
+    ax.set_ylabel("pruned, %")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax2.bar(range(len(rows)), [r["weights"] / 1e6 for r in rows], color="tab:gray")
+    ax2.set_ylabel("weights, M")
+    ax2.set_xticks(range(len(rows)), labels, rotation=90, fontsize=7)
+    ax2.set_xlabel("layer (cfg index)")
+    fig.tight_layout()
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _num(v: float | int | None, fmt: str = ",") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+_ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("AP (COCO, %)", "AP", _pct),
+    ("AP50 (%)", "AP50", _pct),
+    ("AP75 (%)", "AP75", _pct),
+    ("parameters, total", "params", _num),
+    ("parameters, non-zero", "nonzero_params", _num),
+    ("conv weights sparsity (%)", "sparsity", _pct),
+    ("GFLOPs (dense kernels)", "gflops", lambda v: _num(v, ".3f")),
+    ("GFLOPs (non-zero weights)", "gflops_nonzero", lambda v: _num(v, ".3f")),
+    ("FPS (batch 1)", "fps", lambda v: _num(v, ".1f")),
+    ("latency (ms, batch 1)", "latency_ms", lambda v: _num(v, ".1f")),
+    ("weights file (bytes)", "weights_bytes", _num),
+]
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """``report.md``: the dense vs pruned table and the run's settings."""
+    cols = [("dense", report["dense"]), ("pruned", report["pruned"])]
+    if report.get("shrunk"):
+        cols.append(("pruned, shrunk", report["shrunk"]))
+    lines = [
+        f"# {Path(report['cfg']).stem}: {report['method']} at ratio {report['ratio']}",
+        "",
+        "| | " + " | ".join(c for c, _ in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for label, key, fmt in _ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt(f.get(key)) for _, f in cols) + " |")
+    files = report["files"]
+    lines += [
+        "",
+        f"Sparse file: {_num(files.get('pruned.sparse'))} bytes. "
+        f"Pruned targets' sparsity: {_pct(report['target_sparsity'])}%. "
+        f"Input {report['size'][1]}x{report['size'][0]}, {report['pruned'].get('images')} "
+        f"validation images, {report['pruned'].get('device')}. "
+        f"Whole run: {report['minutes']:.1f} min.",
+        "",
+        "| phase | epochs | minutes |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {p['phase']} | {p['epochs']} | {p['minutes']:.1f} |" for p in report["phases"]]
+    return "\n".join(lines) + "\n"

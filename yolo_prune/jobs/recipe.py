@@ -1,0 +1,197 @@
+"""Pruning recipes: a YAML file of everything ``yolo-prune prune`` needs, with CLI overrides.
+
+A recipe (``cfg/recipes/<model>.yaml``) reads::
+
+    model: cfg/yolov3-tiny.cfg      # Darknet cfg (paths: relative to the working directory,
+    weights: null                   #   else to the folder holding cfg/)
+    size: 320                       # network input side (null: the cfg's)
+    method: admm                    # which entry of `methods` runs (CLI --method)
+    ratio: 0.5                      # the global removal ratio (CLI --ratio)
+    train: {batch_size: 8, lr: 0.001}            # fine-tuning settings (TrainConfig fields)
+    phases: {admm: {lr: 0.001}, retrain: {}}     # per-phase overrides of `train`
+    distill: 0.0                    # weight of the dense model as a teacher (0: off)
+    methods:                        # named variants; `method` is a registered method
+      - {name: admm, method: admm, epochs: 4, retrain_epochs: 4, policy: {first_cap: 0.5}}
+      - {name: magnitude, method: magnitude, epochs: 4}
+
+Command-line flags override the top-level keys; ``--set key=value`` overrides any key, dotted
+(``train.lr=0.002``, ``methods.admm.rho=0.01``), the value read as YAML. Unknown keys are errors
+that name the key and the ones that are known. A ``--method`` that is not in ``methods`` but is
+a registered method runs with its defaults.
+
+The ratio of the chosen variant is the recipe's ``ratio``; a variant's progressive ``ratios``
+(ADMM stages) are scaled to end at it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from yolo_prune.errors import ConfigError
+
+TOP_KEYS = {
+    "model": "Darknet cfg path",
+    "weights": "Darknet .weights to start from",
+    "data": "training dataset folder",
+    "val": "validation dataset folder",
+    "size": "network input side",
+    "method": "name of the variant in `methods` to run",
+    "ratio": "global removal ratio",
+    "train": "fine-tuning settings (TrainConfig fields)",
+    "phases": "per-phase overrides of `train`",
+    "distill": "weight of the dense teacher's loss (0: off)",
+    "methods": "list of named method variants",
+}
+# TrainConfig fields a recipe may not set: the job decides them.
+_JOB_OWNED = {
+    "cfg", "data", "out", "epochs", "weights", "val", "resume", "max_steps", "size", "device",
+    "progress",
+}  # fmt: skip
+
+
+def train_keys() -> set[str]:
+    from yolo_prune.detect.train import TrainConfig
+
+    return {f.name for f in dataclasses.fields(TrainConfig)} - _JOB_OWNED
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The recipe at ``path`` as a plain dict (``methods`` keyed by name), checked for typos."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such recipe file (see cfg/recipes/ for examples)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p.name}: expected a mapping of keys, got {type(data).__name__}")
+    recipe = normalise(data, where=p.name)
+    recipe["_dir"] = str(p.resolve().parent)
+    return recipe
+
+
+def normalise(data: Mapping[str, Any], *, where: str = "recipe") -> dict[str, Any]:
+    """Check keys and types; turn the ``methods`` list into ``{name: options}``."""
+    out = copy.deepcopy(dict(data))
+    unknown = sorted(k for k in out if k not in TOP_KEYS and not k.startswith("_"))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(TOP_KEYS))}"
+        )
+    for key in ("train", "phases"):
+        value = out.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+        out[key] = dict(value)
+    _check_train(out["train"], f"{where}: train")
+    for phase, values in out["phases"].items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}: phases.{phase} must be a mapping, got {values!r}")
+        _check_train(values, f"{where}: phases.{phase}")
+    methods = out.get("methods") or []
+    if isinstance(methods, Mapping):
+        methods = [{"name": k, **(v or {})} for k, v in methods.items()]
+    if not isinstance(methods, Sequence) or isinstance(methods, str):
+        raise ConfigError(f"{where}: methods must be a list of variants")
+    by_name: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(methods):
+        if not isinstance(entry, Mapping) or "name" not in entry:
+            raise ConfigError(f"{where}: methods[{i}] needs a 'name'")
+        entry = dict(entry)
+        name = str(entry.pop("name"))
+        entry.setdefault("method", name)
+        by_name[name] = entry
+    out["methods"] = by_name
+    for key, kind in (("ratio", (int, float)), ("size", int), ("distill", (int, float))):
+        value = out.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+    return out
+
+
+def _check_train(values: Mapping[str, Any], where: str) -> None:
+    known = train_keys()
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown option {unknown[0]!r}; known options: {', '.join(sorted(known))}"
+        )
+
+
+def apply_overrides(recipe: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """``recipe`` with ``key=value`` assignments (dotted keys, YAML values) applied."""
+    out = copy.deepcopy(recipe)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.002")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a mapping")
+        node[parts[-1]] = value
+    return normalise(out, where="--set")
+
+
+def resolve_path(recipe: Mapping[str, Any], value: str | Path | None) -> Path | None:
+    """A recipe path: as given if it exists from here, else relative to the recipe's project."""
+    if value is None:
+        return None
+    p = Path(value)
+    if p.is_absolute() or p.exists() or "_dir" not in recipe:
+        return p
+    base = Path(recipe["_dir"])
+    for folder in (base, *base.parents[:2]):
+        if (folder / p).exists():
+            return folder / p
+    return p
+
+
+def variant_options(recipe: Mapping[str, Any], name: str) -> tuple[str, dict[str, Any]]:
+    """``(registered method, options)`` of the variant ``name`` at the recipe's ratio."""
+    from yolo_prune.prune.registry import METHODS
+
+    entry = recipe["methods"].get(name)
+    if entry is None:
+        if name not in METHODS:
+            known = sorted(set(recipe["methods"]) | set(METHODS))
+            raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(known)}")
+        entry = {"method": name}
+    options = {k: v for k, v in entry.items() if k != "method"}
+    method = entry["method"]
+    ratio = recipe.get("ratio")
+    if ratio is not None and "ratio" in _fields(method):
+        old = options.get("ratio")
+        options["ratio"] = float(ratio)
+        stages = options.get("ratios")
+        if stages and old:
+            options["ratios"] = [float(s) * float(ratio) / float(old) for s in stages]
+    return method, options
+
+
+def _fields(method: str) -> set[str]:
+    from yolo_prune.prune.registry import method_spec
+
+    return {f.name for f in dataclasses.fields(method_spec(method).config)}
+
+
+def to_yaml(recipe: Mapping[str, Any]) -> str:
+    """The recipe as YAML, ``methods`` back as a list (what ``read_recipe`` accepts)."""
+    data = {k: v for k, v in recipe.items() if not k.startswith("_")}
+    data["methods"] = [{"name": n, **v} for n, v in recipe.get("methods", {}).items()]
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

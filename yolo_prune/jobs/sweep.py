@@ -1,0 +1,204 @@
+"""mAP against sparsity: one pruning run per (method, ratio), a table, a plot and JSON.
+
+:func:`run_sweep` is the library call behind ``yolo-prune sweep``. Every point is a full
+:func:`~yolo_prune.jobs.prune.run_prune` in ``out/points/<method>/r<ratio>/``; a point whose
+``report.json`` exists is finished and is read back, not redone, so a killed sweep resumes where
+it stopped. After every point ``sweep.json``, ``sweep.md`` and ``sweep.png`` are rewritten
+(atomically) from the same list of rows, so the table and the plot always show the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from yolo_prune.errors import ConfigError
+from yolo_prune.jobs.prune import PruneJobConfig, load_dense, run_prune
+from yolo_prune.utils.io import atomic_open, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of pruning runs sharing one dense model, data and recipe."""
+
+    job: PruneJobConfig  # the template run (its method/ratio/out are replaced per point)
+    ratios: tuple[float, ...]  # removal ratios to run
+    methods: tuple[str, ...]  # recipe variants or registered methods to run
+
+    def __post_init__(self) -> None:
+        if not self.ratios or not self.methods:
+            raise ConfigError("a sweep needs at least one ratio and one method")
+        for r in self.ratios:
+            if not 0.0 <= r < 1.0 or math.isnan(r):
+                raise ConfigError(f"ratio {r} is outside [0, 1)")
+
+
+def point_dir(out: Path, method: str, ratio: float) -> Path:
+    return out / "points" / method / f"r{ratio:g}"
+
+
+def point_row(method: str, ratio: float, report: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures of one finished point that the table, plot and JSON show."""
+    p = report["pruned"]
+    return {
+        "method": method,
+        "ratio": ratio,
+        "sparsity": p.get("sparsity"),
+        "AP": p.get("AP"),
+        "AP50": p.get("AP50"),
+        "nonzero_params": p.get("nonzero_params"),
+        "gflops_nonzero": p.get("gflops_nonzero"),
+        # FPS of the fastest form (the shrunk model where there is one) over the dense model's,
+        # timed side by side in the point's run: absolute FPS of separate runs do not compare
+        "speedup": _ratio((report.get("shrunk") or p).get("fps"), report["dense"].get("fps")),
+        "minutes": report.get("minutes"),
+        "report": str(Path(report.get("_dir", "")) / "report.json"),
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
+    """Run every missing point, then write the summary; returns the summary dict."""
+    job = config.job
+    out = job.out
+    out.mkdir(parents=True, exist_ok=True)
+    dense_path = out / "dense.json"
+    dense = _read_json(dense_path)
+    if dense is None:
+        from yolo_prune.eval.detection import evaluate_detector
+
+        size = job.recipe.get("size")
+        letterbox = bool(job.recipe.get("train", {}).get("letterbox", False))
+        model = load_dense(job.cfg, job.weights, size=size)
+        dense = evaluate_detector(
+            model,
+            job.val,
+            split=job.val_split,
+            letterbox=letterbox,
+            device=job.device,
+            max_images=job.max_val_images,
+            latency=False,  # each point times dense and pruned side by side
+            progress=job.progress,
+        )
+        atomic_write_text(dense_path, json.dumps(dense, indent=1) + "\n")
+    rows: list[dict[str, Any]] = []
+    for method in config.methods:
+        for ratio in config.ratios:
+            where = point_dir(out, method, ratio)
+            report = _read_json(where / "report.json")
+            if report is None:
+                logger.info("sweep point %s at %g", method, ratio)
+                recipe = {**job.recipe, "ratio": ratio, "method": method}
+                report = run_prune(
+                    replace(job, out=where, recipe=recipe, method=method, dense_metrics=dense)
+                )
+            else:
+                logger.info("sweep point %s at %g: done before, read back", method, ratio)
+            report["_dir"] = str(where)
+            rows.append(point_row(method, ratio, report))
+            summary = _summary(job, dense, rows)
+            write_summary(out, summary)
+            if on_point is not None:
+                on_point(rows[-1])
+    return summary
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("%s is unreadable; the point is run again", path)
+        return None
+
+
+def _summary(job: PruneJobConfig, dense: Mapping[str, Any], rows: Sequence[Mapping]) -> dict:
+    return {
+        "cfg": str(job.cfg),
+        "weights": str(job.weights),
+        "val": str(job.val),
+        "size": dense.get("size"),
+        "dense": {k: dense.get(k) for k in ("AP", "AP50", "sparsity", "nonzero_params")},
+        "points": [dict(r) for r in rows],
+    }
+
+
+def write_summary(out: Path, summary: Mapping[str, Any]) -> None:
+    """``sweep.md`` and ``sweep.png`` from ``summary``, then ``sweep.json`` (all atomic)."""
+    atomic_write_text(out / "sweep.md", format_table(summary))
+    fig = sweep_figure(summary)
+    with atomic_open(out / "sweep.png") as f:
+        fig.savefig(f, format="png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    atomic_write_text(out / "sweep.json", json.dumps(summary, indent=1) + "\n")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """The markdown table: one row per point, the dense model first."""
+    d = summary["dense"]
+    lines = [
+        f"# mAP vs sparsity: {Path(summary['cfg']).stem}, input {summary.get('size')}",
+        "",
+        "| method | ratio | sparsity % | AP % | AP50 % | non-zero params | GFLOPs (non-zero) "
+        "| speed vs dense | minutes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| dense | 0 | {_pct(d.get('sparsity'))} | {_pct(d.get('AP'))} | {_pct(d.get('AP50'))} "
+        f"| {d.get('nonzero_params') or 0:,} | | 1.00x | |",
+    ]
+    for r in summary["points"]:
+        lines.append(
+            f"| {r['method']} | {r['ratio']:g} | {_pct(r['sparsity'])} | {_pct(r['AP'])} "
+            f"| {_pct(r['AP50'])} | {r['nonzero_params'] or 0:,} "
+            f"| {_fmt(r['gflops_nonzero'], '.3f')} | {_fmt(r['speedup'], '.2f')}x "
+            f"| {_fmt(r['minutes'], '.1f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def sweep_figure(summary: Mapping[str, Any]):
+    """AP50 (%) against measured sparsity (%): a line per method, the dense model dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    methods: dict[str, list[Mapping[str, Any]]] = {}
+    for r in summary["points"]:
+        methods.setdefault(r["method"], []).append(r)
+    for method, rows in methods.items():
+        rows = sorted(rows, key=lambda r: r["sparsity"] or 0.0)
+        xs = [100 * (r["sparsity"] or 0.0) for r in rows]
+        ys = [100 * (r["AP50"] or 0.0) for r in rows]
+        ax.plot(xs, ys, marker="o", label=method)
+    dense = summary["dense"].get("AP50")
+    if dense is not None:
+        ax.axhline(100 * dense, color="gray", linestyle="--", label="dense")
+    ax.set_xlabel("sparsity of conv weights (%)")
+    ax.set_ylabel("AP50 (%)")
+    ax.set_title(f"{Path(summary['cfg']).stem}: AP50 vs sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
