@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -130,20 +131,27 @@ def load_darknet_weights(model: nn.Module, path: str | Path) -> None:
 
 def save_darknet_weights(model: nn.Module, path: str | Path) -> None:
     """Write ``model`` as a Darknet ``.weights`` file (atomically) with ``model.header``."""
+    _check_savable(model, path)
+    with atomic_open(path) as f:
+        write_darknet_weights(model, f)
+
+
+def write_darknet_weights(model: nn.Module, f: BinaryIO) -> None:
+    """Write ``model`` in the ``.weights`` layout to an open binary file (header first)."""
+    _check_savable(model, None)
+    major, minor, revision, seen = getattr(model, "header", (0, 2, 5, 0))
+    if major * 10 + minor >= 2:
+        f.write(struct.pack("<3iQ", major, minor, revision, seen))
+    else:
+        f.write(struct.pack("<3iI", major, minor, revision, seen))
+    for t in model_tensors(model):
+        f.write(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
+
+
+def _check_savable(model: nn.Module, path: str | Path | None) -> None:
     if getattr(model, "fused", False):
         raise WeightsError(
             "this model had its batch norms folded (fuse_) for inference; save the model "
             "before fusing",
             path=path,
         )
-    major, minor, revision, seen = getattr(model, "header", (0, 2, 5, 0))
-    if major * 10 + minor >= 2:
-        head = struct.pack("<3iQ", major, minor, revision, seen)
-    else:
-        head = struct.pack("<3iI", major, minor, revision, seen)
-    with atomic_open(path) as f:
-        f.write(head)
-        for t in model_tensors(model):
-            f.write(
-                t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
-            )

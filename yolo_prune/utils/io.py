@@ -26,19 +26,43 @@ from yolo_prune.errors import WeightsError
 @contextlib.contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """Open a temporary binary file that replaces ``path`` only when the block succeeds."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    with atomic_open_all(path) as (f,):
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_open_all(*paths: str | Path) -> Iterator[list[BinaryIO]]:
+    """Temporary binary files that replace ``paths`` together when the block succeeds.
+
+    Every file is written and flushed to disk before the first rename, so an interruption
+    leaves all the previous files (or, in the microseconds between the renames, a mix): use it
+    for files that only make sense as a set, such as a cfg and its weights.
+    """
+    dests = [Path(p) for p in paths]
+    temps: list[str] = []
+    files: list[BinaryIO] = []
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        with os.fdopen(fd, "wb") as f:
-            yield f
+        for dest in dests:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+            temps.append(tmp)
+            files.append(os.fdopen(fd, "wb"))
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        yield files
+        for f in files:
             f.flush()
+        for f in files:
             os.fsync(f.fileno())
-        os.replace(tmp, dest)
+            f.close()
+        for tmp, dest in zip(temps, dests, strict=True):
+            os.replace(tmp, dest)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for f in files:
+            with contextlib.suppress(OSError):
+                f.close()
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
 
 
