@@ -309,6 +309,38 @@ def test_bn_momentum_override(tiny_data, tmp_path):
     assert moms == {0.1}
 
 
+@pytest.mark.parametrize(("letter_box", "option", "expected"), [(1, None, True), (0, None, False),
+                                                                  (1, False, False)])  # fmt: skip
+def test_letterbox_follows_the_cfg_unless_given(
+    tiny_data, tmp_path, monkeypatch, letter_box, option, expected
+):
+    """Training images and validation are made as ``yolo-prune eval`` makes them: the cfg's
+    ``letter_box`` unless the option says otherwise."""
+    import yolo_prune.detect.train as train_module
+    import yolo_prune.eval.detection as detection
+
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(TINY_CFG.read_text().replace("[net]\n", f"[net]\nletter_box={letter_box}\n", 1))
+    seen = []
+    dataset = train_module.TrainDataset
+    monkeypatch.setattr(
+        train_module,
+        "TrainDataset",
+        lambda *a, **kw: seen.append(("train", kw["letterbox"])) or dataset(*a, **kw),
+    )
+    monkeypatch.setattr(
+        detection,
+        "evaluate_detector",
+        lambda *a, **kw: seen.append(("val", kw["letterbox"])) or {"AP": 0.0, "AP50": 0.0},
+    )
+    config = _config(
+        tiny_data, tmp_path / "out", cfg=cfg, epochs=1, val=tiny_data, val_split="train",
+        letterbox=option, max_steps=1,
+    )  # fmt: skip
+    train_detector(config)
+    assert seen == [("train", expected), ("val", expected)]
+
+
 def test_conflicting_model_and_options_are_refused(tiny_data, tmp_path):
     from yolo_prune.errors import ConfigError
 

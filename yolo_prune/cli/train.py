@@ -46,7 +46,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ema", action="store_true", help="do not keep an EMA of the weights")
     p.add_argument("--no-augment", action="store_true", help="no flips, HSV, scale/translate")
     p.add_argument("--mosaic", type=float, default=0.0, help="fraction of 4-image mosaics")
-    p.add_argument("--letterbox", action="store_true", help="keep aspect ratio (pad)")
+    p.add_argument(
+        "--letterbox",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the aspect ratio, pad with grey (default: the cfg's letter_box)",
+    )
     p.add_argument("--seed", type=int, default=0, help="shuffle/augmentation/init seed")
     p.add_argument("--deterministic", action="store_true", help="deterministic torch kernels")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")

@@ -74,7 +74,8 @@ class TrainConfig:
     ema_decay: float = 0.9999  # EMA decay after its ramp-up
     ema_tau: float = 2000.0  # EMA ramp-up, optimizer steps
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    letterbox: bool = False  # keep aspect ratio in training and validation
+    letterbox: bool | None = None  # keep aspect ratio in training and validation; None: the
+    # cfg's letter_box, as yolo-prune eval and detect take it (so val AP equals eval's)
     grad_clip: float | None = 10.0  # clip the gradient norm (None: no clipping)
     bn_momentum: float | None = None  # override batch-norm momentum (None: the model's, 0.01
     # as in Darknet; from random init in few steps the running statistics lag far behind: 0.1)
@@ -197,8 +198,11 @@ class _FiguresHook(Hook):
 class _ValHook(Hook):
     """COCO AP/AP50 of the evaluated model (EMA or raw) on the validation set (rank 0)."""
 
-    def __init__(self, model: nn.Module, figures: _FiguresHook, *, config: TrainConfig, info):
+    def __init__(
+        self, model: nn.Module, figures: _FiguresHook, *, config: TrainConfig, info, letterbox: bool
+    ):
         self.model, self.figures, self.config, self.info = model, figures, config, info
+        self.letterbox = letterbox  # as the training images are made
 
     def epoch_end(self, state: TrainState) -> None:
         c = self.config
@@ -216,7 +220,7 @@ class _ValHook(Hook):
                 c.val,
                 split=c.val_split,
                 size=c.size,
-                letterbox=c.letterbox,
+                letterbox=self.letterbox,
                 device=self.info.device,
                 latency=False,
             )
@@ -283,13 +287,17 @@ def train_detector(
                 module.momentum = config.bn_momentum
     _, height, width = net.input_shape
     classes = YoloLoss.from_model(net).heads[0].classes
+    letterbox = config.letterbox
+    if letterbox is None:
+        sections = getattr(net, "sections", None)
+        letterbox = bool(sections[0].get("letter_box", 0)) if sections else False
     dataset = TrainDataset(
         config.data,
         split=config.split,
         size=(height, width),
         num_classes=classes,
         augment=config.augment,
-        letterbox=config.letterbox,
+        letterbox=letterbox,
         seed=config.seed,
         max_images=config.max_images,
     )
@@ -346,7 +354,7 @@ def train_detector(
         all_hooks.append(EMAHook(ema))
     all_hooks += [
         figures,
-        _ValHook(eval_model, figures, config=config, info=info),
+        _ValHook(eval_model, figures, config=config, info=info, letterbox=letterbox),
         # last, so that it saves what every other hook did in this step
         CheckpointHook(
             config.out,
