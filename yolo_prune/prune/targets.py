@@ -21,10 +21,15 @@ Model protocol (every method optional, found with ``getattr``)
     target relative to the backbone end. **Default**: the target's position in registration
     order (0, 1, 2, ...).
 
-``model.channel_groups() -> list[list[tuple[str, int]]]`` (reserved)
-    Channels that route/shortcut layers tie together, for physical shrinking of a
-    structured-pruned graph. The masks chosen here do not need it; the surgery (in
-    ``yolo_prune.darknet``) does.
+``model.channel_groups() -> list[list[tuple[str, int]]]``
+    ``(weight name, filter)`` pairs that route/shortcut layers tie together, one list per
+    prunable group. The ``group`` projection (``admm-filter``, or ``projection: group``) removes
+    whole groups, so the surgery in ``yolo_prune.darknet`` can shrink the graph. **Default**:
+    every filter is its own group.
+
+``model.protected_channels() -> dict[str, str]``
+    Weights none of whose filters may be removed structurally, with the reason (``"it feeds
+    the [yolo] layer 30"``); the ``group`` projection refuses such a target with that reason.
 """
 
 from __future__ import annotations
