@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from yolo_prune.errors import ConfigError, WeightsError, require_file
+from yolo_prune.utils.io import load_torch_file
 
 
 def load_model(
@@ -42,10 +42,7 @@ def load_model(
     with weights.open("rb") as f:
         zipped = f.read(4) == b"PK\x03\x04"
     if zipped or weights.suffix in (".pt", ".pth"):
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"not a readable PyTorch state dict ({exc})", path=weights) from None
+        state = load_torch_file(weights, what="PyTorch state dict")
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
         if not isinstance(state, dict):
