@@ -270,7 +270,7 @@ def shrink_pruned(model: nn.Module, out: Path) -> tuple[nn.Module, dict[str, int
     from yolo_prune.darknet.surgery import fold_pruned_, shrink
     from yolo_prune.export.darknet import export_darknet
 
-    small = shrink(fold_pruned_(copy.deepcopy(model), groups))
+    small = shrink(fold_pruned_(copy.deepcopy(model), groups), groups)
     small.eval()
     cfg, weights = out / "pruned-shrunk.cfg", out / "pruned-shrunk.weights"
     export_darknet(small, cfg, weights)

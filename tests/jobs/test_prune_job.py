@@ -1,0 +1,176 @@
+"""``yolo-prune prune`` end to end on a tiny detector: files, figures, formats, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolo_prune.cli.main import main
+from yolo_prune.darknet import Darknet
+from yolo_prune.jobs.models import load_model
+from yolo_prune.jobs.prune import PruneJobConfig, run_prune
+from yolo_prune.jobs.recipe import read_recipe
+
+TINY_CFG = Path(__file__).resolve().parents[1] / "prune" / "tiny_detector.cfg"
+
+
+def _job(tiny_dataset, tiny_weights, tiny_recipe, out, method="admm", **kw):
+    return PruneJobConfig(
+        cfg=TINY_CFG,
+        weights=tiny_weights,
+        data=tiny_dataset,
+        val=tiny_dataset,
+        val_split="train",
+        out=out,
+        recipe=read_recipe(tiny_recipe),
+        method=method,
+        progress=False,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def admm_run(tiny_dataset, tiny_weights, tiny_recipe_text, tmp_path_factory):
+    recipe = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    recipe.write_text(tiny_recipe_text)
+    out = tmp_path_factory.mktemp("admm_run")
+    report = run_prune(_job(tiny_dataset, tiny_weights, recipe, out))
+    return out, report
+
+
+def test_writes_every_output_and_no_temporary_file(admm_run):
+    out, _ = admm_run
+    for name in ("config.yaml", "dense.json", "pruned.weights", "pruned.sparse",
+                 "layer_sparsity.png", "report.json", "report.md"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert (out / "phases" / "admm" / "last.pt").is_file()
+    assert (out / "phases" / "retrain" / "last.pt").is_file()
+    assert not [p for p in out.rglob("*.tmp")]
+    assert (out / "layer_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_figures_match_the_saved_weights(admm_run):
+    out, report = admm_run
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    model = Darknet.from_cfg(TINY_CFG, size=64)
+    model.load_weights(out / "pruned.weights")
+    masks_total = sum(r["weights"] for r in report["layers"])
+    zeros = sum(
+        int((dict(model.named_parameters())[r["name"]] == 0).sum()) for r in report["layers"]
+    )
+    assert zeros >= round(0.5 * masks_total)  # the ratio, every pruned weight still zero
+    assert report["target_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    assert report["pruned"]["nonzero_params"] == nonzero
+    assert report["dense"]["nonzero_params"] > nonzero
+    for key in ("AP", "AP50", "fps", "gflops", "gflops_nonzero", "weights_bytes"):
+        assert report["dense"][key] is not None and report["pruned"][key] is not None, key
+    # the table shows the JSON's figures
+    md = (out / "report.md").read_text()
+    assert f"| {100 * report['pruned']['AP50']:.2f} |" in md
+    assert f"{report['pruned']['nonzero_params']:,}" in md
+
+
+def test_sparse_file_reloads_to_the_same_model(admm_run):
+    out, _ = admm_run
+    dense_layout = Darknet.from_cfg(TINY_CFG, size=64)
+    dense_layout.load_weights(out / "pruned.weights")
+    sparse, fmt = load_model(None, out / "pruned.sparse", size=64)  # the cfg travels inside
+    assert fmt == "sparse"
+    for (n, a), (_, b) in zip(
+        dense_layout.state_dict().items(), sparse.state_dict().items(), strict=True
+    ):
+        if not n.endswith("num_batches_tracked"):  # not in .weights files
+            assert torch.equal(a, b), n
+    assert (out / "pruned.sparse").stat().st_size < (out / "pruned.weights").stat().st_size
+
+
+def test_soft_filter_run_exports_a_shrunk_model_with_the_same_outputs(
+    tiny_dataset, tiny_weights, tiny_recipe, tmp_path
+):
+    report = run_prune(
+        _job(tiny_dataset, tiny_weights, tiny_recipe, tmp_path, method="soft-filter", latency=False)
+    )
+    assert report["shrunk"], "whole filters are zero, so the model must shrink"
+    masked = Darknet.from_cfg(TINY_CFG, size=64)
+    masked.load_weights(tmp_path / "pruned.weights")
+    small = Darknet.from_cfg(tmp_path / "pruned-shrunk.cfg")
+    small.load_weights(tmp_path / "pruned-shrunk.weights")
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in masked.parameters())
+    # The zeroed filters' constant outputs (BN bias through the activation) are folded into the
+    # readers; the shrunk export equals that folded masked model.
+    from yolo_prune.darknet.surgery import fold_pruned_
+
+    fold_pruned_(masked, masked.zero_channel_groups())
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = masked.eval()(x), small.eval()(x)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert report["shrunk"]["AP50"] is not None and report["shrunk"]["fps"] is None
+
+
+def _cli(args, capsys):
+    code = main(args)
+    return code, capsys.readouterr()
+
+
+def test_cli_errors_are_one_line(tiny_dataset, tiny_weights, tiny_recipe, tmp_path, capsys):
+    base = ["prune", "--cfg", str(TINY_CFG), "--weights", str(tiny_weights), "--data",
+            str(tiny_dataset), "--recipe", str(tiny_recipe), "--out", str(tmp_path / "o")]  # fmt: skip
+    cases = [
+        (["--method", "admn"], "unknown method 'admn'; choose one of:"),
+        (["--ratio", "1.5"], "outside [0, 1)"),
+        (["--set", "train.lrate=1"], "unknown option 'lrate'"),
+        (["--set", "ratoi=0.5"], "unknown key 'ratoi'"),
+        (["--data", str(tmp_path / "none")], "no such dataset folder"),
+    ]
+    for extra, message in cases:
+        code, cap = _cli(base + extra, capsys)
+        assert code == 2, extra
+        lines = cap.err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (extra, cap.err)
+        assert not (tmp_path / "o" / "report.json").exists()
+    code, cap = _cli(base[:-2] + ["--out", str(tmp_path / "o"), "--weights", "nope.weights"],
+                     capsys)  # fmt: skip
+    assert code == 2 and "nope.weights" in cap.err
+
+
+def test_ctrl_c_leaves_checkpoints_and_no_report(tiny_dataset, tiny_weights, tmp_path):
+    # Long enough phases that the interrupt lands mid-training.
+    recipe = tmp_path / "slow.yaml"
+    recipe.write_text(
+        "size: 64\nratio: 0.5\ntrain: {batch_size: 2, ema: false, checkpoint_every: 1}\n"
+        "methods: [{name: admm, method: admm, epochs: 50, stages: 1, retrain_epochs: 1}]\n"
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yolo_prune.cli.main", "prune", "--cfg", str(TINY_CFG),
+         "--weights", str(tiny_weights), "--data", str(tiny_dataset), "--val-split", "train",
+         "--recipe", str(recipe), "--out", str(out), "--no-progress"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    ckpt = out / "phases" / "admm" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), "no checkpoint appeared"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "yolo-prune prune: interrupted"
+    assert not (out / "report.json").exists() and not (out / "report.md").exists()
+    assert not list(out.rglob("*.tmp"))
+    from yolo_prune.engine.checkpoint import load_checkpoint
+
+    data = load_checkpoint(ckpt)  # the last complete checkpoint is readable
+    assert data["step"] >= 1

@@ -1,0 +1,85 @@
+"""Recipes: typos are errors that name the key, overrides apply, variants scale their stages."""
+
+from __future__ import annotations
+
+import pytest
+
+from yolo_prune.errors import ConfigError
+from yolo_prune.jobs.recipe import (
+    apply_overrides,
+    normalise,
+    read_recipe,
+    to_yaml,
+    variant_options,
+)
+from yolo_prune.prune import build_config
+
+
+def test_shipped_recipes_build_every_variant(repo_cfg):
+    for name in ("yolov3-tiny", "yolov4-tiny", "yolov4"):
+        recipe = read_recipe(repo_cfg / "recipes" / f"{name}.yaml")
+        assert recipe["methods"], name
+        for variant in recipe["methods"]:
+            method, options = variant_options(recipe, variant)
+            build_config(method, options)  # raises on any bad option
+
+
+def test_unknown_top_level_key_is_named(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("ratio: 0.5\nratoi: 0.7\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: unknown key 'ratoi'; known keys: .*ratio"):
+        read_recipe(path)
+
+
+def test_unknown_train_option_and_wrong_type_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"train: unknown option 'learning_rate'"):
+        normalise({"train": {"learning_rate": 0.1}})
+    with pytest.raises(ConfigError, match=r"phases.admm: unknown option 'lrr'"):
+        normalise({"phases": {"admm": {"lrr": 0.1}}})
+    with pytest.raises(ConfigError, match=r"ratio must be a number, got 'half'"):
+        normalise({"ratio": "half"})
+    with pytest.raises(ConfigError, match=r"train must be a mapping"):
+        normalise({"train": [1, 2]})
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ratio: [0.5\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+        read_recipe(bad)
+    with pytest.raises(ConfigError, match=r"no such recipe file"):
+        read_recipe(tmp_path / "nope.yaml")
+
+
+def test_set_overrides_dotted_keys_with_yaml_values():
+    recipe = normalise({"ratio": 0.5, "methods": [{"name": "admm", "epochs": 4}]})
+    out = apply_overrides(recipe, ["train.lr=0.002", "methods.admm.epochs=2", "ratio=0.7"])
+    assert out["train"]["lr"] == 0.002 and out["ratio"] == 0.7
+    assert out["methods"]["admm"]["epochs"] == 2
+    with pytest.raises(ConfigError, match=r"expected KEY=VALUE"):
+        apply_overrides(recipe, ["train.lr"])
+    with pytest.raises(ConfigError, match=r"train: unknown option 'lrate'"):
+        apply_overrides(recipe, ["train.lrate=1"])
+
+
+def test_variant_takes_the_recipe_ratio_and_scales_its_stages():
+    recipe = normalise(
+        {"ratio": 0.9, "methods": [{"name": "ours", "method": "admm", "ratio": 0.5,
+                                    "ratios": [0.3, 0.4, 0.5], "stages": 3, "epochs": 3}]}
+    )  # fmt: skip
+    method, options = variant_options(recipe, "ours")
+    assert method == "admm" and options["ratio"] == 0.9
+    assert options["ratios"] == pytest.approx([0.54, 0.72, 0.9])
+    # a registered method that the recipe does not list runs with its defaults
+    assert variant_options(recipe, "magnitude") == ("magnitude", {"ratio": 0.9})
+    with pytest.raises(ConfigError, match=r"unknown method 'admn'; choose one of: .*admm"):
+        variant_options(recipe, "admn")
+
+
+def test_yaml_round_trip(tmp_path):
+    recipe = normalise({"ratio": 0.5, "train": {"lr": 0.01}, "methods": {"admm": {"epochs": 2}}})
+    path = tmp_path / "r.yaml"
+    path.write_text(to_yaml(recipe))
+    back = read_recipe(path)
+    back.pop("_dir")
+    assert back == recipe
