@@ -174,3 +174,21 @@ def test_ctrl_c_leaves_checkpoints_and_no_report(tiny_dataset, tiny_weights, tmp
 
     data = load_checkpoint(ckpt)  # the last complete checkpoint is readable
     assert data["step"] >= 1
+
+
+def test_detect_takes_the_pruned_outputs_directly(admm_run, shared_data, tmp_path, capsys):
+    out, _ = admm_run
+    dog = str(shared_data / "images" / "dog.jpg")
+    runs = {
+        "sparse": ["--weights", str(out / "pruned.sparse")],  # cfg travels inside
+        "dense-layout": ["--cfg", str(TINY_CFG), "--weights", str(out / "pruned.weights")],
+    }
+    for name, weights in runs.items():
+        code = main(["detect", *weights, "--source", dog, "--out", str(tmp_path / name),
+                     "--conf", "0.001", "--size", "64"])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        assert (tmp_path / name / "detections.json").is_file()
+    # the same model either way: the same detections
+    a = json.loads((tmp_path / "sparse" / "detections.json").read_text())
+    b = json.loads((tmp_path / "dense-layout" / "detections.json").read_text())
+    assert a == b and a

@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 class DetectConfig:
     """What ``yolo-prune detect`` was asked to do."""
 
-    cfg: Path  # Darknet .cfg
-    weights: Path  # Darknet .weights
+    cfg: Path | None  # Darknet .cfg (optional for a sparse file that carries its cfg)
+    weights: Path  # Darknet .weights, a .pt state dict or a sparse file (yolo-prune prune)
     source: Path  # an image, a folder of images or a video file
     out: Path  # output folder
     names: Path | None = None  # class names, one per line (default: COCO's for 80 classes)
@@ -66,8 +66,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "detections.json to --out."
         ),
     )
-    p.add_argument("--cfg", type=Path, required=True, help="Darknet .cfg")
-    p.add_argument("--weights", type=Path, required=True, help="Darknet .weights")
+    p.add_argument("--cfg", type=Path, help="Darknet .cfg (optional for a .sparse file)")
+    p.add_argument(
+        "--weights", type=Path, required=True, help=".weights, .pt or .sparse (pruned) file"
+    )
     p.add_argument("--source", type=Path, required=True, help="image, folder of images or video")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--names", type=Path, help="class names, one per line (default: COCO's)")
@@ -139,10 +141,15 @@ def run_detect(cfg: DetectConfig, *, progress: bool = True):
     source_kind(cfg.source)  # a missing source fails before the model is built
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    detector = Detector.from_files(
-        cfg.cfg,
-        cfg.weights,
-        size=cfg.size,
+    from yolo_prune.detect import prepare_for_inference
+    from yolo_prune.jobs.models import load_model
+
+    model, _ = load_model(cfg.cfg, cfg.weights, size=cfg.size)
+    if not getattr(model, "is_detector", False):
+        raise ConfigError("this cfg has no [yolo] layer; detect runs detectors")
+    detector = Detector(
+        prepare_for_inference(model, inplace=True),  # ours alone: no second copy
+        optimize=False,
         letterbox=cfg.letterbox,
         conf=cfg.conf,
         nms=cfg.nms,
