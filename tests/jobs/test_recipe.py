@@ -70,6 +70,9 @@ def test_variant_takes_the_recipe_ratio_and_scales_its_stages():
     method, options = variant_options(recipe, "ours")
     assert method == "admm" and options["ratio"] == 0.9
     assert options["ratios"] == pytest.approx([0.54, 0.72, 0.9])
+    # stages without a ratio of their own end at the recipe's ratio too
+    recipe["methods"]["ours"].pop("ratio")
+    assert variant_options(recipe, "ours")[1]["ratios"] == pytest.approx([0.54, 0.72, 0.9])
     # a registered method that the recipe does not list runs with its defaults
     assert variant_options(recipe, "magnitude") == ("magnitude", {"ratio": 0.9})
     with pytest.raises(ConfigError, match=r"unknown method 'admn'; choose one of: .*admm"):

@@ -43,12 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from yolo_prune.jobs.prune import PruneJobConfig
     from yolo_prune.jobs.recipe import variant_options
     from yolo_prune.jobs.sweep import SweepConfig, format_table, run_sweep
+    from yolo_prune.prune import build_config
 
     recipe = recipe_from_args(args)
     inputs = job_inputs(args, recipe)
     methods = args.methods or (recipe.get("method") or "admm",)
-    for method in methods:  # a typo fails before the first point
-        variant_options(recipe, method)
+    for method in methods:  # a typo or an impossible point fails before the first point
+        for ratio in args.ratios:
+            build_config(*variant_options({**recipe, "ratio": ratio}, method))
     if not args.ratios:
         raise ConfigError("--ratios is empty; give e.g. 0.5,0.7,0.9")
     job = PruneJobConfig(

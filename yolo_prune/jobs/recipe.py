@@ -176,9 +176,9 @@ def variant_options(recipe: Mapping[str, Any], name: str) -> tuple[str, dict[str
     method = entry["method"]
     ratio = recipe.get("ratio")
     if ratio is not None and "ratio" in _fields(method):
-        old = options.get("ratio")
-        options["ratio"] = float(ratio)
         stages = options.get("ratios")
+        old = options.get("ratio") or (stages[-1] if stages else None)
+        options["ratio"] = float(ratio)
         if stages and old:
             options["ratios"] = [float(s) * float(ratio) / float(old) for s in stages]
     return method, options
