@@ -352,35 +352,38 @@ def test_conflicting_model_and_options_are_refused(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_real_yolov3_tiny_on_coco128_does_not_collapse(shared_data, tmp_path):
-    """Acceptance 1 (minutes on CPU): 10 epochs on the 128 train images from the real weights.
+def test_finetune_real_yolov3_tiny_on_coco128_keeps_ap50(shared_data, repo_cfg, tmp_path):
+    """Acceptance 1 (minutes on CPU): 10 epochs on the 128 train images from the real weights
+    leave val AP50 on the 64 val images within 3 points of the starting model's.
 
-    Measured on 2 busy CPU cores (3.5 min): val AP50 0.292 -> 0.379 at 320 px. AP50 rose by
-    more than 3 points, so this checks the direction that a broken loss or assignment shows:
-    no fall of more than 3 points.
+    With the project's cfg (second [yolo] mask 1,2,3, which these weights were trained with),
+    measured at 416 px on 2 busy CPU cores (8.4 min): AP50 0.426 -> 0.451 (AP 0.225 -> 0.227).
+    With the shared AlexeyAB cfg (mask 0,1,2) the start is 0.302 and the fine-tune spends its
+    epochs re-learning the 26x26 head's box sizes (-> 0.390); docs/finetune_coco128.md.
     """
     from yolo_prune.eval.detection import evaluate_detector
 
-    cfg, weights = shared_data / "cfg" / "yolov3-tiny.cfg", shared_data / "weights"
-    model = Darknet.from_cfg(cfg, size=320)
-    model.load_weights(weights / "yolov3-tiny.weights")
-    val = dict(split="val2017", size=320, latency=False)
+    cfg, weights = repo_cfg / "yolov3-tiny.cfg", shared_data / "weights" / "yolov3-tiny.weights"
+    model = Darknet.from_cfg(cfg, size=416)
+    model.load_weights(weights)
+    val = dict(split="val2017", size=416, latency=False)
     start = evaluate_detector(model, shared_data / "coco128", **val)["AP50"]
+    assert start > 0.4  # the masks match the weights
     config = TrainConfig(
         cfg=cfg,
-        weights=weights / "yolov3-tiny.weights",
+        weights=weights,
         data=shared_data / "coco128",
         split="train2017",
         val=shared_data / "coco128",
         val_split="val2017",
         out=tmp_path,
         epochs=10,
-        size=320,
+        size=416,
         lr=5e-4,
         val_every=10,
     )
     final = train_detector(config)["history"][-1]["val_AP50"]
-    assert final >= start - 0.03, (start, final)
+    assert abs(final - start) <= 0.03, (start, final)
 
 
 @pytest.mark.slow
