@@ -131,6 +131,7 @@ def test_cli_errors_are_one_line(tiny_dataset, tiny_weights, tiny_recipe, tmp_pa
         (["--set", "train.lrate=1"], "unknown option 'lrate'"),
         (["--set", "ratoi=0.5"], "unknown key 'ratoi'"),
         (["--data", str(tmp_path / "none")], "no such dataset folder"),
+        (["--cfg", str(TINY_CFG.parents[2] / "cfg" / "lenet5.cfg")], "has no [yolo] layer"),
     ]
     for extra, message in cases:
         code, cap = _cli(base + extra, capsys)

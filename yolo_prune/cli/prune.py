@@ -70,10 +70,25 @@ def default_recipe(cfg: Path | None) -> Path | None:
     return None
 
 
+def check_detector_cfg(cfg: Path) -> None:
+    """Refuse a classifier cfg up front (before its recipe, which has another format)."""
+    from yolo_prune.darknet.cfg import load_cfg
+
+    require_file(cfg, "cfg file")
+    if not any(section.kind == "yolo" for section in load_cfg(cfg)):
+        raise ConfigError(
+            f"{cfg.name} has no [yolo] layer: yolo-prune prune/sweep prune detectors on "
+            "detection data; for LeNet-5 / ResNet-56 run the classifier script in scripts/ "
+            "with cfg/recipes/<model>.yaml"
+        )
+
+
 def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe with the flags applied (flags win)."""
     from yolo_prune.jobs.recipe import apply_overrides, normalise, read_recipe
 
+    if args.cfg is not None:
+        check_detector_cfg(args.cfg)
     path = args.recipe or default_recipe(args.cfg)
     recipe = read_recipe(path) if path is not None else normalise({})
     sets = list(args.set)
