@@ -106,8 +106,8 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     model = load_dense(config.cfg, config.weights, size=size)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    merged = {**recipe, "method": config.method, "methods": {config.method: {"method": method,
-              **options}}}  # fmt: skip
+    ran = {"method": method, **options}
+    merged = {**recipe, "method": config.method, "methods": {config.method: ran}}
     atomic_write_text(out / "config.yaml", to_yaml(merged))
     letterbox = bool(recipe.get("train", {}).get("letterbox", False))
 
@@ -188,8 +188,8 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
             if metrics is not None and name in speeds:
                 metrics.update(speeds[name])
     chart = out / "layer_sparsity.png"
-    plot_layer_sparsity(model, result.masks, chart, title=f"{config.method}, ratio "
-                        f"{options.get('ratio')}")  # fmt: skip
+    title = f"{config.method}, ratio {options.get('ratio')}"
+    plot_layer_sparsity(model, result.masks, chart, title=title)
 
     report = {
         "cfg": str(config.cfg),
@@ -225,8 +225,9 @@ def time_side_by_side(
     from yolo_prune.detect import prepare_for_inference
     from yolo_prune.eval.latency import compare_latency
 
-    ready = {k: prepare_for_inference(copy.deepcopy(m)).to(config.device) for k, m in
-             models.items()}  # fmt: skip
+    ready = {}
+    for name, net in models.items():
+        ready[name] = prepare_for_inference(copy.deepcopy(net)).to(config.device)
     shape = next(iter(models.values())).input_shape
     results = compare_latency(ready, shape, device=config.device)
     return {k: {"fps": r.fps, "latency_ms": r.latency_ms} for k, r in results.items()}
@@ -275,8 +276,9 @@ def shrink_pruned(model: nn.Module, out: Path) -> tuple[nn.Module, dict[str, int
     cfg, weights = out / "pruned-shrunk.cfg", out / "pruned-shrunk.weights"
     export_darknet(small, cfg, weights)
     logger.info("removed %d channel groups: %s", len(groups), cfg)
-    return small, {"pruned-shrunk.cfg": cfg.stat().st_size, "pruned-shrunk.weights":
-                   weights.stat().st_size}  # fmt: skip
+    sizes = {"pruned-shrunk.cfg": cfg.stat().st_size}
+    sizes["pruned-shrunk.weights"] = weights.stat().st_size
+    return small, sizes
 
 
 def layer_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
