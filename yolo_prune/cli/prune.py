@@ -78,7 +78,7 @@ def check_detector_cfg(cfg: Path) -> None:
     if not any(section.kind == "yolo" for section in load_cfg(cfg)):
         raise ConfigError(
             f"{cfg.name} has no [yolo] layer: yolo-prune prune/sweep prune detectors on "
-            "detection data; for LeNet-5 / ResNet-56 run the classifier script in scripts/ "
+            "detection data; for LeNet-5 / ResNet-56 run scripts/prune_classifier.py "
             "with cfg/recipes/<model>.yaml"
         )
 

@@ -82,7 +82,7 @@ def load_dense(cfg: Path, weights: Path | None, *, size: int | None) -> nn.Modul
     if not getattr(model, "is_detector", False):
         raise ConfigError(
             f"{cfg.name} has no [yolo] layer; yolo-prune prune fine-tunes detectors on "
-            "detection data (for LeNet-5 / ResNet-56 see scripts/lenet5_mnist.py)"
+            "detection data (for LeNet-5 / ResNet-56 see scripts/prune_classifier.py)"
         )
     return model
 
