@@ -229,3 +229,27 @@ def _shape_iou(wh: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     )
     union = wh[:, None, 0] * wh[:, None, 1] + anchors[None, :, 0] * anchors[None, :, 1] - inter
     return inter / union.clamp(min=1e-9)
+
+
+def distillation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Imitation of a teacher detector's raw head outputs, per image.
+
+    Each head is ``[B, A, H, W, 5 + C]`` raw (before sigmoid / exp), as a Darknet model returns
+    in training mode. Per cell: binary cross-entropy of the student's objectness against the
+    teacher's objectness probability, and, weighted by that probability (where the teacher sees
+    an object), cross-entropy of the class logits against the teacher's class probabilities plus
+    the squared error of the four raw box values. Summed over cells and heads, divided by ``B``
+    (the scale of :class:`YoloLoss`).
+    """
+    total = student[0].new_zeros(())
+    for s, t in zip(student, teacher, strict=True):
+        t = t.detach().float()
+        s = s.float()
+        t_obj = torch.sigmoid(t[..., 4])
+        obj = F.binary_cross_entropy_with_logits(s[..., 4], t_obj, reduction="sum")
+        cls = F.binary_cross_entropy_with_logits(
+            s[..., 5:], torch.sigmoid(t[..., 5:]), reduction="none"
+        ).sum(-1)
+        box = (s[..., :4] - t[..., :4]).pow(2).sum(-1)
+        total = total + obj + (t_obj * (cls + box)).sum()
+    return total / student[0].shape[0]

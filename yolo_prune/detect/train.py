@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from yolo_prune.data.augment import AugmentConfig
 from yolo_prune.data.train_dataset import TrainDataset, collate_detection
-from yolo_prune.detect.loss import YoloLoss
+from yolo_prune.detect.loss import YoloLoss, distillation_loss
 from yolo_prune.engine.checkpoint import (
     CheckpointHook,
     load_checkpoint,
@@ -90,6 +90,7 @@ class TrainConfig:
     amp: bool = False  # mixed precision (float16 + grad scaler on CUDA, bfloat16 on CPU)
     progress: bool = False  # tqdm progress bars
     max_steps: int | None = None  # stop after this many optimizer steps in all (tests)
+    distill: float = 0.0  # weight of imitating a teacher's heads (train_detector(teacher=...))
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -108,6 +109,8 @@ class TrainConfig:
             raise ConfigError(f"size={self.size}; expected a multiple of 32")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
             raise ConfigError(f"bn_momentum={self.bn_momentum}; expected (0, 1]")
+        if not (self.distill >= 0 and math.isfinite(self.distill)):
+            raise ConfigError(f"distill={self.distill}; expected a weight >= 0")
         if self.val_every < 1 or self.checkpoint_every < 0 or self.workers < 0:
             raise ConfigError("val_every >= 1, checkpoint_every >= 0 and workers >= 0")
 
@@ -252,6 +255,7 @@ def train_detector(
     *,
     hooks: Sequence[Hook] = (),
     model: nn.Module | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Fine-tune (or train) a Darknet detector as ``config`` says.
 
@@ -261,6 +265,9 @@ def train_detector(
             figures and checkpoint hooks; those with ``state_dict()`` are checkpointed.
         model: a ready model (e.g. pruned) instead of building ``config.cfg`` + ``weights``;
             its input size must be ``config.size``.
+        teacher: a detector with the same heads (e.g. the dense model before pruning) whose
+            raw outputs the model imitates with weight ``config.distill``
+            (:func:`~yolo_prune.detect.loss.distillation_loss`); it is not trained.
 
     Returns:
         ``{"epochs", "steps", "history", "out", "final_weights", "model", "ema"}``: the final
@@ -333,9 +340,27 @@ def train_detector(
     yolo_loss = YoloLoss.from_model(net)
     parts: dict[str, float] = {}
 
+    if config.distill > 0 and teacher is None:
+        raise ConfigError(f"distill={config.distill} needs a teacher model")
+    if teacher is not None and config.distill > 0:
+        teacher = teacher.to(info.device).requires_grad_(False)
+        teacher.train()  # raw heads out; but batch norm on running statistics, no dropout
+        for m in teacher.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+                m.eval()
+    else:
+        teacher = None
+
     def compute_loss(_: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, targets = batch
-        loss, p = yolo_loss(forward(images), targets, (images.shape[-2], images.shape[-1]))
+        heads = forward(images)
+        loss, p = yolo_loss(heads, targets, (images.shape[-2], images.shape[-1]))
+        if teacher is not None:
+            with torch.no_grad():
+                taught = teacher(images)
+            kd = distillation_loss(heads, taught)
+            p["distill"] = float(kd.detach())
+            loss = loss + config.distill * kd
         parts.update(p)
         return loss
 
