@@ -78,3 +78,26 @@ def test_killed_sweep_resumes_and_outputs_agree_with_json(
     assert lines["dense"].get_ydata()[0] == pytest.approx(100 * summary["dense"]["AP50"])
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "magnitude at 0.6" in capsys.readouterr().out
+
+
+def test_a_point_whose_recipe_changed_is_run_again(
+    tiny_dataset, tiny_weights, tiny_recipe, tmp_path, monkeypatch
+):
+    out = tmp_path / "sweep"
+    args = _args(tiny_dataset, tiny_weights, tiny_recipe, out)
+    args[args.index("--ratios") + 1] = "0.5"
+    assert main(args) == 0
+    real = sweep_mod.run_prune
+    calls = []
+
+    def counted(job):
+        calls.append(job.method)
+        return real(job)
+
+    monkeypatch.setattr(sweep_mod, "run_prune", counted)
+    assert main(args) == 0 and calls == []  # nothing changed: nothing redone
+    tiny_recipe.write_text(
+        tiny_recipe.read_text().replace("{name: magnitude, method: magnitude, epochs: 1}",
+                                        "{name: magnitude, method: magnitude, epochs: 2}")
+    )  # fmt: skip
+    assert main(args) == 0 and calls == ["magnitude"]  # only the changed variant reruns

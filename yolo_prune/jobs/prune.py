@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from yolo_prune.errors import ConfigError
-from yolo_prune.jobs.recipe import to_yaml, variant_options
+from yolo_prune.jobs.recipe import to_yaml, variant_distill, variant_options
 from yolo_prune.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,17 @@ def phase_settings(recipe: Mapping[str, Any], phase: str) -> dict[str, Any]:
     return {**(recipe.get("train") or {}), **own}
 
 
+def merged_config(recipe: Mapping[str, Any], name: str) -> str:
+    """The YAML of what runs for variant ``name``: the recipe with only that variant, its ratio
+    and stages resolved (``config.yaml``; a sweep compares it to decide whether a finished point
+    still holds)."""
+    method, options = variant_options(recipe, name)
+    distill = variant_distill(recipe, name)
+    ran = {"method": method, **options, **({"distill": distill} if distill else {})}
+    keep = {k: v for k, v in recipe.items() if not k.startswith("_")}
+    return to_yaml({**keep, "method": name, "methods": {name: ran}})
+
+
 def load_dense(cfg: Path, weights: Path | None, *, size: int | None) -> nn.Module:
     """The dense model of ``cfg`` at ``size``, filled from ``weights`` (any supported format)."""
     from yolo_prune.darknet import Darknet
@@ -101,14 +112,13 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     started = time.perf_counter()
     recipe = config.recipe
     method, options = variant_options(recipe, config.method)
+    distill = variant_distill(recipe, config.method)
     pruner = build_pruner(method, options)  # validates the options before any work
     size = recipe.get("size")
     model = load_dense(config.cfg, config.weights, size=size)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    ran = {"method": method, **options}
-    merged = {**recipe, "method": config.method, "methods": {config.method: ran}}
-    atomic_write_text(out / "config.yaml", to_yaml(merged))
+    atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
     letterbox = bool(recipe.get("train", {}).get("letterbox", False))
 
     def evaluate(net: nn.Module) -> dict[str, Any]:
@@ -131,6 +141,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
 
     dense_model = copy.deepcopy(model) if config.latency else None
+    teacher = copy.deepcopy(model) if distill else None  # the dense model, frozen
     phases: list[dict[str, Any]] = []
 
     def fit(phase: str, epochs: int, hooks: Sequence[Any]) -> None:
@@ -147,11 +158,12 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
                 size=model.input_shape[1],
                 device=config.device,
                 progress=config.progress,
+                distill=distill,
                 **settings,
             )
         except TypeError as exc:
             raise ConfigError(f"train settings of phase {phase!r}: {exc}") from None
-        result = train_detector(train_config, hooks=hooks, model=model)
+        result = train_detector(train_config, hooks=hooks, model=model, teacher=teacher)
         if result["ema"] is not None:  # continue from (and prune) the averaged weights
             model.load_state_dict(result["ema"].state_dict())
         for hook in hooks:  # EMA of masked weights keeps the zeros; re-assert them anyway

@@ -9,7 +9,8 @@ A recipe (``cfg/recipes/<model>.yaml``) reads::
     ratio: 0.5                      # the global removal ratio (CLI --ratio)
     train: {batch_size: 8, lr: 0.001}            # fine-tuning settings (TrainConfig fields)
     phases: {admm: {lr: 0.001}, retrain: {}}     # per-phase overrides of `train`
-    distill: 0.0                    # weight of the dense model as a teacher (0: off)
+    distill: 0.0                    # weight of the dense model as a teacher (0: off); a
+                                    #   variant may set its own `distill`
     methods:                        # named variants; `method` is a registered method
       - {name: admm, method: admm, epochs: 4, retrain_epochs: 4, policy: {first_cap: 0.5}}
       - {name: magnitude, method: magnitude, epochs: 4}
@@ -48,6 +49,8 @@ TOP_KEYS = {
     "distill": "weight of the dense teacher's loss (0: off)",
     "methods": "list of named method variants",
 }
+# Keys of a method variant that the job reads itself (the rest configure the method).
+_JOB_VARIANT_KEYS = {"method", "distill"}
 # TrainConfig fields a recipe may not set: the job decides them.
 _JOB_OWNED = {
     "cfg", "data", "out", "epochs", "weights", "val", "resume", "max_steps", "size", "device",
@@ -172,7 +175,7 @@ def variant_options(recipe: Mapping[str, Any], name: str) -> tuple[str, dict[str
             known = sorted(set(recipe["methods"]) | set(METHODS))
             raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(known)}")
         entry = {"method": name}
-    options = {k: v for k, v in entry.items() if k != "method"}
+    options = {k: v for k, v in entry.items() if k not in _JOB_VARIANT_KEYS}
     method = entry["method"]
     ratio = recipe.get("ratio")
     if ratio is not None and "ratio" in _fields(method):
@@ -182,6 +185,15 @@ def variant_options(recipe: Mapping[str, Any], name: str) -> tuple[str, dict[str
         if stages and old:
             options["ratios"] = [float(s) * float(ratio) / float(old) for s in stages]
     return method, options
+
+
+def variant_distill(recipe: Mapping[str, Any], name: str) -> float:
+    """Teacher weight of the variant ``name``: its own ``distill``, else the recipe's (0: off)."""
+    entry = recipe["methods"].get(name) or {}
+    value = entry.get("distill", recipe.get("distill")) or 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"methods.{name}.distill={value!r}; expected a weight >= 0")
+    return float(value)
 
 
 def _fields(method: str) -> set[str]:

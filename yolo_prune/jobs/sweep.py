@@ -3,7 +3,8 @@
 :func:`run_sweep` is the library call behind ``yolo-prune sweep``. Every point is a full
 :func:`~yolo_prune.jobs.prune.run_prune` in ``out/points/<method>/r<ratio>/``; a point whose
 ``report.json`` exists is finished and is read back, not redone, so a killed sweep resumes where
-it stopped. After every point ``sweep.json``, ``sweep.md`` and ``sweep.png`` are rewritten
+it stopped (a point whose ``config.yaml`` no longer matches the recipe is run again). After
+every point ``sweep.json``, ``sweep.md`` and ``sweep.png`` are rewritten
 (atomically) from the same list of rows, so the table and the plot always show the JSON.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from yolo_prune.errors import ConfigError
-from yolo_prune.jobs.prune import PruneJobConfig, load_dense, run_prune
+from yolo_prune.jobs.prune import PruneJobConfig, load_dense, merged_config, run_prune
 from yolo_prune.utils.io import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -95,10 +96,14 @@ def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
     for method in config.methods:
         for ratio in config.ratios:
             where = point_dir(out, method, ratio)
+            recipe = {**job.recipe, "ratio": ratio, "method": method}
             report = _read_json(where / "report.json")
+            if report is not None and _config_changed(where, recipe, method):
+                logger.warning("%s: the recipe changed since this point ran; running it again",
+                               where)  # fmt: skip
+                report = None
             if report is None:
                 logger.info("sweep point %s at %g", method, ratio)
-                recipe = {**job.recipe, "ratio": ratio, "method": method}
                 report = run_prune(
                     replace(job, out=where, recipe=recipe, method=method, dense_metrics=dense)
                 )
@@ -111,6 +116,14 @@ def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
             if on_point is not None:
                 on_point(rows[-1])
     return summary
+
+
+def _config_changed(where: Path, recipe: Mapping[str, Any], method: str) -> bool:
+    """Whether the point's ``config.yaml`` differs from what the recipe would run now."""
+    try:
+        return (where / "config.yaml").read_text() != merged_config(recipe, method)
+    except OSError:
+        return True
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
