@@ -51,8 +51,9 @@ def test_writes_every_output_and_no_temporary_file(admm_run):
     for name in ("config.yaml", "dense.json", "pruned.weights", "pruned.sparse",
                  "layer_sparsity.png", "report.json", "report.md"):  # fmt: skip
         assert (out / name).is_file(), name
-    assert (out / "phases" / "admm" / "last.pt").is_file()
-    assert (out / "phases" / "retrain" / "last.pt").is_file()
+    assert (out / "phases" / "admm" / "metrics.json").is_file()
+    assert (out / "phases" / "retrain" / "metrics.json").is_file()
+    assert not list((out / "phases").rglob("last.pt"))  # removed once the run finished
     assert not [p for p in out.rglob("*.tmp")]
     assert (out / "layer_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

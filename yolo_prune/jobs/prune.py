@@ -9,7 +9,8 @@ Files written under ``out`` (each atomically; the reports last, so a report mean
 
     config.yaml             the merged recipe that ran (re-runnable with --recipe)
     dense.json              the dense model's figures (reused by a resumed sweep)
-    phases/<phase>/         each training phase's checkpoint (last.pt) and metrics.json
+    phases/<phase>/         each training phase's metrics.json, and its checkpoint (last.pt)
+                            until the run has finished
     pruned.weights          Darknet weights of the pruned model, dense layout, zeros in place
     pruned.sparse           the same, compactly (yolo-prune eval/detect read it)
     pruned-shrunk.cfg/.weights   structured methods: the physically smaller model
@@ -56,6 +57,7 @@ class PruneJobConfig:
     max_val_images: int | None = None  # evaluate on the first images only (smoke runs)
     dense_metrics: Mapping[str, Any] | None = None  # figures of the dense model, if known
     extra_train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig overrides (tests)
+    keep_checkpoints: bool = False  # keep phases/*/last.pt after a finished run (100s of MB)
 
 
 def phase_settings(recipe: Mapping[str, Any], phase: str) -> dict[str, Any]:
@@ -227,6 +229,10 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     }
     atomic_write_text(out / "report.md", format_report(report))
     atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    if not config.keep_checkpoints:  # the run is complete: the phases' files are dead weight
+        for phase in (out / "phases").glob("*"):
+            for name in ("last.pt", "final.weights"):
+                (phase / name).unlink(missing_ok=True)
     return report
 
 
