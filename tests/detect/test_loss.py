@@ -74,7 +74,11 @@ def test_minimising_the_loss_decodes_to_the_truth(tiny, iou_loss):
     tiny.eval()
     with torch.no_grad():
         dets = torch.cat(
-            [tiny.layers[i].decode(r).flatten(1, 3) for i, r in zip(tiny.yolo_indices, raw, strict=True)], 1
+            [
+                tiny.layers[i].decode(r).flatten(1, 3)
+                for i, r in zip(tiny.yolo_indices, raw, strict=True)
+            ],
+            1,
         )[0]
     for t in targets:
         conf = dets[:, 4] * dets[:, 5 + int(t[1])]
