@@ -150,7 +150,7 @@ def test_ctrl_c_leaves_checkpoints_and_no_report(tiny_dataset, tiny_weights, tmp
     recipe = tmp_path / "slow.yaml"
     recipe.write_text(
         "size: 64\nratio: 0.5\ntrain: {batch_size: 2, ema: false, checkpoint_every: 1}\n"
-        "methods: [{name: admm, method: admm, epochs: 50, stages: 1, retrain_epochs: 1}]\n"
+        "methods: [{name: admm, method: admm, epochs: 5000, stages: 1, retrain_epochs: 1}]\n"
     )
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -161,13 +161,19 @@ def test_ctrl_c_leaves_checkpoints_and_no_report(tiny_dataset, tiny_weights, tmp
         stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     ckpt = out / "phases" / "admm" / "last.pt"
-    deadline = time.monotonic() + 120
-    while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert ckpt.exists(), "no checkpoint appeared"
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert ckpt.exists(), "no checkpoint appeared"
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before the interrupt (make it longer)"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "yolo-prune prune: interrupted"
     assert not (out / "report.json").exists() and not (out / "report.md").exists()

@@ -36,7 +36,13 @@ from yolo_prune.engine.checkpoint import (
     restore_checkpoint,
     resume_position,
 )
-from yolo_prune.engine.distributed import ChunkSampler, DistInfo, all_reduce_mean, init_distributed
+from yolo_prune.engine.distributed import (
+    ChunkSampler,
+    DistInfo,
+    all_reduce_mean,
+    finish_distributed,
+    init_distributed,
+)
 from yolo_prune.engine.ema import EMAHook, ModelEMA
 from yolo_prune.engine.hooks import Hook, TrainState
 from yolo_prune.engine.loop import Trainer
@@ -434,6 +440,8 @@ def train_detector(
     final = config.out / "final.weights"
     if info.is_main:
         eval_model.save_weights(final)
+    if info.world_size > 1:
+        finish_distributed()
     return {
         "epochs": config.epochs,
         "steps": state.step,

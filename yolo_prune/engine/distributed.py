@@ -55,6 +55,17 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
+def finish_distributed() -> None:
+    """Wait for every rank, then leave the process group (a no-op in a single process).
+
+    Ranks that exit while another still talks to them can abort inside gloo (seen as SIGABRT of
+    one rank at the end of a run); leaving together avoids it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     """The mean of each figure over all ranks (unchanged in a single process)."""
     if not (dist.is_available() and dist.is_initialized()) or not values:
