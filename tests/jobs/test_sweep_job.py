@@ -101,3 +101,36 @@ def test_a_point_whose_recipe_changed_is_run_again(
                                         "{name: magnitude, method: magnitude, epochs: 2}")
     )  # fmt: skip
     assert main(args) == 0 and calls == ["magnitude"]  # only the changed variant reruns
+
+
+def test_sigkilled_sweep_process_resumes_without_redoing(
+    tiny_dataset, tiny_weights, tiny_recipe, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "yolo_prune.cli.main", *_args(tiny_dataset, tiny_weights,
+                                                                tiny_recipe, out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "points" / "admm" / "r0.3" / "report.json"
+    try:
+        deadline = time.monotonic() + 180
+        while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert first.exists(), "the first point did not finish"
+        os.kill(proc.pid, signal.SIGKILL)  # no cleanup of any kind
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done_before = {p: p.stat().st_mtime_ns for p in (out / "points").rglob("report.json")}
+    json.loads(first.read_text())  # complete, not half-written
+    assert subprocess.run(cmd, capture_output=True, timeout=600).returncode == 0
+    for path, mtime in done_before.items():  # finished points were read back, not redone
+        assert path.stat().st_mtime_ns == mtime, path
+    summary = json.loads((out / "sweep.json").read_text())
+    assert len(summary["points"]) == 4
