@@ -37,6 +37,24 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def coco8_two_classes(shared_data, tmp_path_factory) -> Path:
+    """8 real coco128 train images in YOLO txt layout (split ``train``), their labels folded
+    onto 2 classes (``class % 2``) for the tiny 2-class test detector."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("coco8_two_classes")
+    src = shared_data / "coco128"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    for image in sorted((src / "images" / "train2017").glob("*.jpg"))[:8]:
+        shutil.copy(image, root / "images" / "train" / image.name)
+        lines = (src / "labels" / "train2017" / f"{image.stem}.txt").read_text().split("\n")
+        folded = [f"{int(s.split()[0]) % 2} {' '.join(s.split()[1:])}" for s in lines if s.strip()]
+        (root / "labels" / "train" / f"{image.stem}.txt").write_text("\n".join(folded) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
 def repo_cfg() -> Path:
     """The project's ``cfg/`` folder."""
     return REPO / "cfg"

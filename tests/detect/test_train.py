@@ -23,18 +23,9 @@ TINY_CFG = Path(__file__).resolve().parents[1] / "prune" / "tiny_detector.cfg"
 
 
 @pytest.fixture(scope="module")
-def tiny_data(shared_data, tmp_path_factory) -> Path:
+def tiny_data(coco8_two_classes) -> Path:
     """8 coco128 train images, their labels folded onto the tiny detector's 2 classes."""
-    root = tmp_path_factory.mktemp("tiny_data")
-    src = shared_data / "coco128"
-    (root / "images" / "train").mkdir(parents=True)
-    (root / "labels" / "train").mkdir(parents=True)
-    for image in sorted((src / "images" / "train2017").glob("*.jpg"))[:8]:
-        shutil.copy(image, root / "images" / "train" / image.name)
-        lines = (src / "labels" / "train2017" / f"{image.stem}.txt").read_text().split("\n")
-        folded = [f"{int(s.split()[0]) % 2} {' '.join(s.split()[1:])}" for s in lines if s.strip()]
-        (root / "labels" / "train" / f"{image.stem}.txt").write_text("\n".join(folded) + "\n")
-    return root
+    return coco8_two_classes
 
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:

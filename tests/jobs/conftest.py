@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,8 @@ methods:
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(shared_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_dataset")
-    src = shared_data / "coco128"
-    (root / "images" / "train").mkdir(parents=True)
-    (root / "labels" / "train").mkdir(parents=True)
-    for image in sorted((src / "images" / "train2017").glob("*.jpg"))[:8]:
-        shutil.copy(image, root / "images" / "train" / image.name)
-        lines = (src / "labels" / "train2017" / f"{image.stem}.txt").read_text().split("\n")
-        folded = [f"{int(s.split()[0]) % 2} {' '.join(s.split()[1:])}" for s in lines if s.strip()]
-        (root / "labels" / "train" / f"{image.stem}.txt").write_text("\n".join(folded) + "\n")
-    return root
+def tiny_dataset(coco8_two_classes) -> Path:
+    return coco8_two_classes
 
 
 @pytest.fixture(scope="session")
