@@ -100,6 +100,24 @@ def load_dense(cfg: Path, weights: Path | None, *, size: int | None) -> nn.Modul
     return model
 
 
+def evaluate_on_val(model: nn.Module, config: PruneJobConfig) -> dict[str, Any]:
+    """COCO AP and size figures of ``model`` on the job's validation set, preprocessed as in
+    training (the recipe's ``train.letterbox``, else the cfg's ``letter_box``); no timing: the
+    job times its models side by side at the end."""
+    from yolo_prune.eval.detection import evaluate_detector
+
+    return evaluate_detector(
+        model,
+        config.val,
+        split=config.val_split,
+        letterbox=(config.recipe.get("train") or {}).get("letterbox"),
+        device=config.device,
+        max_images=config.max_val_images,
+        latency=False,
+        progress=config.progress,
+    )
+
+
 def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     """Evaluate, prune, fine-tune, evaluate, write the outputs; returns the report.
 
@@ -108,7 +126,6 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
             pruning request the model cannot satisfy (raised before any training).
     """
     from yolo_prune.detect.train import TrainConfig, train_detector
-    from yolo_prune.eval.detection import evaluate_detector
     from yolo_prune.prune import build_pruner
 
     started = time.perf_counter()
@@ -121,19 +138,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
-    letterbox = bool(recipe.get("train", {}).get("letterbox", False))
 
     def evaluate(net: nn.Module) -> dict[str, Any]:
-        return evaluate_detector(
-            net,
-            config.val,
-            split=config.val_split,
-            letterbox=letterbox,
-            device=config.device,
-            max_images=config.max_val_images,
-            latency=False,  # timed side by side at the end (compare_latency)
-            progress=config.progress,
-        )
+        return evaluate_on_val(net, config)
 
     if config.dense_metrics is not None:
         dense = dict(config.dense_metrics)

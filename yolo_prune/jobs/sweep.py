@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from yolo_prune.errors import ConfigError
-from yolo_prune.jobs.prune import PruneJobConfig, load_dense, merged_config, run_prune
+from yolo_prune.jobs.prune import (
+    PruneJobConfig,
+    evaluate_on_val,
+    load_dense,
+    merged_config,
+    run_prune,
+)
 from yolo_prune.utils.io import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -76,21 +82,8 @@ def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
     dense_path = out / "dense.json"
     dense = _read_json(dense_path)
     if dense is None:
-        from yolo_prune.eval.detection import evaluate_detector
-
-        size = job.recipe.get("size")
-        letterbox = bool(job.recipe.get("train", {}).get("letterbox", False))
-        model = load_dense(job.cfg, job.weights, size=size)
-        dense = evaluate_detector(
-            model,
-            job.val,
-            split=job.val_split,
-            letterbox=letterbox,
-            device=job.device,
-            max_images=job.max_val_images,
-            latency=False,  # each point times dense and pruned side by side
-            progress=job.progress,
-        )
+        model = load_dense(job.cfg, job.weights, size=job.recipe.get("size"))
+        dense = evaluate_on_val(model, job)
         atomic_write_text(dense_path, json.dumps(dense, indent=1) + "\n")
     rows: list[dict[str, Any]] = []
     for method in config.methods:
