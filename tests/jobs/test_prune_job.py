@@ -159,6 +159,9 @@ def test_ctrl_c_leaves_checkpoints_and_no_report(tiny_dataset, tiny_weights, tmp
          "--weights", str(tiny_weights), "--data", str(tiny_dataset), "--val-split", "train",
          "--recipe", str(recipe), "--out", str(out), "--no-progress"],
         stderr=subprocess.PIPE, text=True, env=env,
+        # a shell that starts CI in the background ignores SIGINT, and a child inherits that:
+        # give the child the default disposition so Python turns SIGINT into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     ckpt = out / "phases" / "admm" / "last.pt"
     try:
