@@ -407,9 +407,16 @@ def test_the_training_reader_drops_bad_labels_without_raising(caplog):
 
 
 def test_the_payload_does_run_code_when_loaded_unsafely(tmp_path, good):
-    # Proof that the checkpoint cases test something: a plain unpickle runs the payload.
+    # Proof that the checkpoint cases test something: a plain unpickle of the file's pickle
+    # (what torch.load does without weights_only) runs the payload. Done here with pickle on
+    # our own crafted file, so no torch.load in the project ever skips weights_only.
+    import pickle
+    import zipfile
+
     path = make_checkpoint_runs_code(tmp_path, good)
-    torch.load(path, weights_only=False)
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith("/data.pkl")))
+    pickle.loads(data)
     assert (tmp_path / "code.ran").read_text() == "ran"
 
 
