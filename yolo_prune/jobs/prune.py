@@ -34,6 +34,7 @@ from torch import nn
 
 from yolo_prune.errors import ConfigError
 from yolo_prune.jobs.recipe import to_yaml, variant_distill, variant_options
+from yolo_prune.prune.masks import apply_masks_
 from yolo_prune.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -149,8 +150,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         dense = evaluate(model)
     atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
 
-    dense_model = copy.deepcopy(model) if config.latency else None
-    teacher = copy.deepcopy(model) if distill else None  # the dense model, frozen
+    # One frozen copy of the dense model: the teacher (never trained) and the timing baseline.
+    dense_model = copy.deepcopy(model) if config.latency or distill else None
+    teacher = dense_model if distill else None
     phases: list[dict[str, Any]] = []
 
     def fit(phase: str, epochs: int, hooks: Sequence[Any]) -> None:
@@ -178,8 +180,6 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         for hook in hooks:  # EMA of masked weights keeps the zeros; re-assert them anyway
             masks = getattr(hook, "masks", None)
             if isinstance(masks, Mapping):
-                from yolo_prune.prune.masks import apply_masks_
-
                 apply_masks_(model, masks)
         last = result["history"][-1] if result["history"] else {}
         phases.append(
@@ -202,7 +202,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         shrunk_metrics = evaluate(shrunk_model)
     else:
         shrunk_model = shrunk_metrics = None
-    if dense_model is not None:
+    if config.latency and dense_model is not None:
         timed = {"dense": dense_model, "pruned": model, "shrunk": shrunk_model}
         speeds = time_side_by_side({k: v for k, v in timed.items() if v is not None}, config)
         for name, metrics in (("dense", dense), ("pruned", pruned), ("shrunk", shrunk_metrics)):
@@ -252,7 +252,7 @@ def time_side_by_side(
 
     ready = {}
     for name, net in models.items():
-        ready[name] = prepare_for_inference(copy.deepcopy(net)).to(config.device)
+        ready[name] = prepare_for_inference(net).to(config.device)  # a copy; net untouched
     shape = next(iter(models.values())).input_shape
     results = compare_latency(ready, shape, device=config.device)
     return {k: {"fps": r.fps, "latency_ms": r.latency_ms} for k, r in results.items()}
