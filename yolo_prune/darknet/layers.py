@@ -235,14 +235,17 @@ class SoftmaxLayer(nn.Module):
 
 
 class DropoutLayer(nn.Module):
-    """``[dropout]``: inverted dropout while training, identity at inference."""
+    """``[dropout]``: inverted dropout while training, identity at inference. An
+    ``nn.Dropout`` inside, so that code freezing every dropout of a model in training mode
+    (a distillation teacher, channel importance) finds it without knowing Darknet."""
 
     def __init__(self, spec: LayerSpec):
         super().__init__()
         self.p = spec.section["probability"]
+        self.drop = nn.Dropout(self.p)
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        return F.dropout(inputs[0], self.p, self.training)
+        return self.drop(inputs[0])
 
 
 class YoloLayer(nn.Module):
