@@ -15,6 +15,7 @@ def test_unknown_method_is_an_error():
     with pytest.raises(
         PruneError,
         match="unknown pruning method 'admn'; choose one of: admm, admm-filter, admm-layerwise, "
+        "channel, "
         "deep-compression, magnitude, soft-filter",
     ):
         registry.build_pruner("admn", {"ratio": 0.5})

@@ -173,6 +173,11 @@ class Darknet(nn.Module):
             return None
         return weight_name.rsplit(".", 2)[0] + ".bn.weight"
 
+    def channel_output(self, weight_name: str) -> nn.Module:
+        """The layer whose output carries the channels of ``weight_name``: the whole Darknet
+        layer (after batch norm and activation), what the layers reading it see."""
+        return self.layers[self.prune_depth(weight_name)]
+
     def channel_map(self):
         """The channel dependency map of this network (cached)."""
         from yolo_prune.darknet.channels import build_channel_map

@@ -45,6 +45,7 @@ from yolo_prune.prune.base import (
     prepare_targets,
     target_weights,
 )
+from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection
@@ -99,8 +100,11 @@ class ADMMConfig:
                     "the last stage must reach the final ratio"
                 )
 
-    def build_projection(self, model: nn.Module, names: Sequence[str]) -> Projection:
-        """The Z-step projection for ``model``'s targets ``names``."""
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
+        """The Z-step projection for ``model``'s targets ``names`` (``importance``: for a
+        data-driven channel criterion; the weight-magnitude projections do not use it)."""
         return build_projection(model, names, self.projection, norm=self.norm)
 
     def stage_of(self, epoch: int) -> int:
@@ -128,7 +132,7 @@ class ADMMFilterConfig(ADMMConfig):
     :mod:`yolo_prune.prune.structured`)."""
 
     projection: str = "group"  # must stay "group"
-    criterion: str = "l1"  # l1 | l2 filter norm of W + U, or bn (batch-norm scale of W)
+    criterion: str = "l1"  # l1 | l2 filter norm of W + U, bn (batch-norm scale), fisher (data)
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
 
     def __post_init__(self) -> None:
@@ -138,7 +142,7 @@ class ADMMFilterConfig(ADMMConfig):
                 "method 'admm'"
             )
         if self.norm is not None:
-            raise PruneError("admm-filter takes criterion= (l1, l2 or bn), not norm=")
+            raise PruneError("admm-filter takes criterion= (l1, l2, bn or fisher), not norm=")
         if self.criterion not in CRITERIA:
             raise PruneError(
                 f"unknown criterion {self.criterion!r}; choose one of: {', '.join(CRITERIA)}"
@@ -146,9 +150,16 @@ class ADMMFilterConfig(ADMMConfig):
         check_round_to(self.round_to)
         super().__post_init__()
 
-    def build_projection(self, model: nn.Module, names: Sequence[str]) -> Projection:
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
         return build_projection(
-            model, names, "group", criterion=self.criterion, round_to=self.round_to
+            model,
+            names,
+            "group",
+            criterion=self.criterion,
+            round_to=self.round_to,
+            importance=importance,
         )
 
 
@@ -332,11 +343,19 @@ class ADMMPruner:
     def __init__(self, config: ADMMConfig):
         self.config = config
 
-    def run(self, model: nn.Module, *, fit: FitFn, evaluate: EvalFn | None = None) -> PruneResult:
+    def run(
+        self,
+        model: nn.Module,
+        *,
+        fit: FitFn,
+        evaluate: EvalFn | None = None,
+        importance: ImportanceFn | None = None,
+    ) -> PruneResult:
         """Prune ``model`` in place; ``fit``/``evaluate`` as in :mod:`yolo_prune.prune.base`."""
         cfg = self.config
         names, caps = prepare_targets(model, cfg.targets, cfg.policy)
-        hook = ADMMHook(names, cfg, caps=caps, project=cfg.build_projection(model, names))
+        project = cfg.build_projection(model, names, importance)
+        hook = ADMMHook(names, cfg, caps=caps, project=project)
         # Check the request (ratio vs. caps, empty layers) before spending any epoch on it.
         hook.init_(target_weights(model, names))
         fit("admm", cfg.epochs, [hook])

@@ -12,6 +12,11 @@ caller hands it two callbacks:
     Validation accuracy of the model as it is now, in ``[0, 1]`` (needed only by methods that
     decide from accuracy, such as Deep Compression's dynamic threshold).
 
+``importance(model, names) -> {name: [out] scores}`` (optional)
+    Per-channel importance measured on training data, e.g. Fisher importance
+    (:func:`yolo_prune.prune.importance.fisher_channel_scores` bound to the caller's loader and
+    loss); needed only by the ``fisher`` channel criterion.
+
 So a classifier on MNIST and a detector on COCO go through the same code.
 """
 

@@ -3,6 +3,9 @@
 * :class:`MagnitudePruner` (``magnitude``): ``mask = project(W)`` then fine-tune with the mask
   held. With ``iterations > 1`` the ratio is reached in steps, the kept fraction shrinking
   geometrically (``1 - r_i = (1 - r) ** (i / iterations)``), fine-tuning after each step.
+* ``channel`` (:class:`ChannelConfig`, the same pruner): whole channel groups go, ranked by
+  Fisher importance measured on training data (default) or by a weight criterion, so the model
+  can be shrunk physically for a real speedup; no fine-tuning unless ``epochs`` says so.
 * :class:`DeepCompressionPruner` (``deep-compression``): Han et al. 2015's rule, a weight goes
   when ``|w| < quality * std_l`` (``std_l``: standard deviation of layer ``l``'s dense weights
   at the start), applied in rounds of prune-then-retrain with masks that only ever grow. The
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -31,10 +35,11 @@ from yolo_prune.prune.base import (
     prepare_targets,
     target_weights,
 )
+from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
-from yolo_prune.prune.projections import check_ratio, get_projection, sparsity
-from yolo_prune.prune.structured import build_projection
+from yolo_prune.prune.projections import Projection, check_ratio, get_projection, sparsity
+from yolo_prune.prune.structured import CRITERIA, build_projection, check_round_to
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -64,6 +69,53 @@ class MagnitudeConfig:
             return self.ratio
         return 1.0 - (1.0 - self.ratio) ** (i / self.iterations)
 
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
+        """The projection choosing the masks (``importance``: only for a data criterion)."""
+        return build_projection(model, names, self.projection, norm=self.norm)
+
+
+@dataclass(frozen=True)
+class ChannelConfig(MagnitudeConfig):
+    """Channel pruning for a real speedup: remove whole channel groups (tied filters) at one
+    global ratio of channels, ranked by ``criterion``; then ``epochs`` of masked fine-tuning
+    (default none: one-shot). ``fisher`` measures on training batches how much the loss rises
+    without each channel (:mod:`yolo_prune.prune.importance`); ``l1``/``l2``/``bn`` read the
+    weights (see :mod:`yolo_prune.prune.structured`)."""
+
+    projection: str = "group"  # must stay "group"
+    criterion: str = "fisher"  # fisher | l1 | l2 | bn
+    round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
+    epochs: int = 0  # masked fine-tuning epochs (0: one-shot, no training)
+
+    def __post_init__(self) -> None:
+        if self.projection != "group":
+            raise PruneError(
+                f"channel removes channel groups; projection={self.projection!r} is for "
+                "method 'magnitude'"
+            )
+        if self.norm is not None:
+            raise PruneError("channel takes criterion= (fisher, l1, l2 or bn), not norm=")
+        if self.criterion not in CRITERIA:
+            raise PruneError(
+                f"unknown criterion {self.criterion!r}; choose one of: {', '.join(CRITERIA)}"
+            )
+        check_round_to(self.round_to)
+        super().__post_init__()
+
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
+        return build_projection(
+            model,
+            names,
+            "group",
+            criterion=self.criterion,
+            round_to=self.round_to,
+            importance=importance,
+        )
+
 
 def _split(total: int, parts: int) -> list[int]:
     """``total`` epochs over ``parts`` rounds, the remainder going to the last rounds."""
@@ -77,11 +129,18 @@ class MagnitudePruner:
     def __init__(self, config: MagnitudeConfig):
         self.config = config
 
-    def run(self, model: nn.Module, *, fit: FitFn, evaluate: EvalFn | None = None) -> PruneResult:
+    def run(
+        self,
+        model: nn.Module,
+        *,
+        fit: FitFn,
+        evaluate: EvalFn | None = None,
+        importance: ImportanceFn | None = None,
+    ) -> PruneResult:
         cfg = self.config
         names, caps = prepare_targets(model, cfg.targets, cfg.policy)
         # "group" is bound to the model's channel groups: whole groups go, ready for surgery
-        project = build_projection(model, names, cfg.projection, norm=cfg.norm)
+        project = cfg.build_projection(model, names, importance)
         history = []
         masks: dict[str, torch.Tensor] = {}
         for i, epochs in enumerate(_split(cfg.epochs, cfg.iterations), start=1):
@@ -158,7 +217,14 @@ class DeepCompressionPruner:
     def __init__(self, config: DeepCompressionConfig):
         self.config = config
 
-    def run(self, model: nn.Module, *, fit: FitFn, evaluate: EvalFn | None = None) -> PruneResult:
+    def run(
+        self,
+        model: nn.Module,
+        *,
+        fit: FitFn,
+        evaluate: EvalFn | None = None,
+        importance: ImportanceFn | None = None,
+    ) -> PruneResult:
         cfg = self.config
         if evaluate is None:
             raise PruneError(

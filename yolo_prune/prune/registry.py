@@ -18,7 +18,9 @@ from torch import nn
 from yolo_prune.errors import ConfigError, PruneError
 from yolo_prune.prune.admm import ADMMConfig, ADMMFilterConfig, ADMMPruner, LayerwiseADMMConfig
 from yolo_prune.prune.base import EvalFn, FitFn, PruneResult
+from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.magnitude import (
+    ChannelConfig,
     DeepCompressionConfig,
     DeepCompressionPruner,
     MagnitudeConfig,
@@ -31,7 +33,12 @@ from yolo_prune.prune.targets import TargetConfig
 
 class Pruner(Protocol):
     def run(
-        self, model: nn.Module, *, fit: FitFn, evaluate: EvalFn | None = None
+        self,
+        model: nn.Module,
+        *,
+        fit: FitFn,
+        evaluate: EvalFn | None = None,
+        importance: ImportanceFn | None = None,
     ) -> PruneResult: ...
 
 
@@ -55,6 +62,7 @@ register_method("admm", ADMMConfig, ADMMPruner)
 register_method("admm-layerwise", LayerwiseADMMConfig, ADMMPruner)
 register_method("admm-filter", ADMMFilterConfig, ADMMPruner)
 register_method("magnitude", MagnitudeConfig, MagnitudePruner)
+register_method("channel", ChannelConfig, MagnitudePruner)
 register_method("deep-compression", DeepCompressionConfig, DeepCompressionPruner)
 register_method("soft-filter", SoftFilterConfig, SoftFilterPruner)
 

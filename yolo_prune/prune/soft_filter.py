@@ -36,6 +36,7 @@ from yolo_prune.prune.base import (
     prepare_targets,
     target_weights,
 )
+from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import check_ratio, project_filters, sparsity
@@ -155,7 +156,14 @@ class SoftFilterPruner:
     def __init__(self, config: SoftFilterConfig):
         self.config = config
 
-    def run(self, model: nn.Module, *, fit: FitFn, evaluate: EvalFn | None = None) -> PruneResult:
+    def run(
+        self,
+        model: nn.Module,
+        *,
+        fit: FitFn,
+        evaluate: EvalFn | None = None,
+        importance: ImportanceFn | None = None,
+    ) -> PruneResult:
         cfg = self.config
         names, caps = prepare_targets(model, cfg.targets, cfg.policy)
         hook = SoftFilterHook(names, cfg, caps=caps)

@@ -8,9 +8,11 @@ model without that method gets one group per filter of every target.
 :func:`project_channel_groups` ranks the groups by importance and removes the least important
 until the requested fraction of channels is gone. A filter's importance is its L1 or L2 norm
 divided by the mean norm of its layer's filters (so layers of different widths and scales are
-comparable); a group's importance is the mean over its filters. Per-layer ``caps`` (from the
-conservative policy) bound the fraction of each layer's filters that may go, and no layer is
-ever emptied.
+comparable); a group's importance is the mean over its filters. The "fisher" criterion
+measures instead, on training batches, how much the loss would rise without each channel
+(:mod:`yolo_prune.prune.importance`); those scores are in loss units, comparable across layers
+as they are, so they are not normalised per layer. Per-layer ``caps`` (from the conservative
+policy) bound the fraction of each layer's filters that may go, and no layer is ever emptied.
 """
 
 from __future__ import annotations
@@ -23,15 +25,14 @@ import torch
 from torch import nn
 
 from yolo_prune.errors import PruneError
+from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection
 
 logger = logging.getLogger(__name__)
 
 Group = Sequence[tuple[str, int]]  # (weight name, output channel) pairs
 NORMS = ("l1", "l2")
-
-
-CRITERIA = ("l1", "l2", "bn")
+CRITERIA = ("l1", "l2", "bn", "fisher")  # "fisher" is measured on data, not read from weights
 
 
 def _norms(w: torch.Tensor, norm: str) -> torch.Tensor:
@@ -50,8 +51,9 @@ def filter_scores(
     almost losslessly. The model names that scale through the optional
     ``model.output_scale_name(weight_name) -> str | None``; targets without one fall back to L2.
     """
-    if criterion not in CRITERIA:
-        raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
+    if criterion not in CRITERIA or criterion == "fisher":
+        known = ", ".join(c for c in CRITERIA if c != "fisher")
+        raise PruneError(f"unknown weight criterion {criterion!r}; choose one of: {known}")
     params = dict(model.named_parameters())
     lookup = getattr(model, "output_scale_name", None)
     if criterion == "bn" and lookup is None:
@@ -169,6 +171,7 @@ def project_channel_groups(
     caps: Mapping[str, float] | None = None,
     norm: str = "l2",
     scores: Mapping[str, torch.Tensor] | None = None,
+    normalize: bool = True,
     round_to: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Keep-masks that remove the least important channel groups.
@@ -182,6 +185,9 @@ def project_channel_groups(
         norm: "l1" or "l2" filter norm, used where ``scores`` is not given.
         scores: optional ``name -> [out]`` importance of each filter (e.g. from
             :func:`filter_scores` with the "bn" criterion) instead of the weight norm.
+        normalize: divide each layer's scores by their mean before ranking (weight norms and
+            BN scales differ in scale from layer to layer); False for scores already comparable
+            across layers, such as Fisher importance.
         round_to: every layer that loses filters keeps a multiple of this many (8 suits the
             SIMD width of CPU convolution kernels). Groups tied together (a shortcut chain: one
             filter in each of its layers) are removed in runs that keep each of their layers
@@ -209,7 +215,7 @@ def project_channel_groups(
     rel = {}
     for name in weights:
         s = raw[name].detach().abs().float()
-        rel[name] = s / s.mean().clamp(min=1e-12)
+        rel[name] = s / s.mean().clamp(min=1e-12) if normalize else s
     importance = torch.tensor(
         [sum(float(rel[n][c]) for n, c in g) / len(g) for g in groups], dtype=torch.float64
     )
@@ -269,13 +275,17 @@ def build_projection(
     norm: str | None = None,
     criterion: str | None = None,
     round_to: int = 1,
+    importance: ImportanceFn | None = None,
 ) -> Projection:
     """The projection called ``projection``, made ready for ``model``'s targets ``names``.
 
     Only ``group`` needs the model: it is bound to :func:`model_channel_groups` (so a removed
     group takes every filter tied to it) and, for ``criterion="bn"``, ranks by the batch-norm
-    scales read from the model at each call. ``criterion`` ("l1", "l2", "bn"; default ``norm``,
-    else "l2") and ``round_to`` apply to ``group`` only. The result has the signature of every
+    scales read from the model at each call; for ``criterion="fisher"``, by
+    ``importance(model, names)`` (e.g. :func:`~yolo_prune.prune.importance.fisher_channel_scores`
+    on training batches, which the caller binds), measured once, at the first call, on the model
+    as it is then. ``criterion`` ("l1", "l2", "bn", "fisher"; default ``norm``, else "l2") and
+    ``round_to`` apply to ``group`` only. The result has the signature of every
     projection, ``(weights, ratio, *, caps) -> masks``, so ADMM's Z-step and magnitude pruning
     use it unchanged: the filters of removed groups are all False in the masks.
     """
@@ -290,10 +300,26 @@ def build_projection(
     if criterion not in CRITERIA:
         raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     check_round_to(round_to)
+    if criterion == "fisher" and importance is None:
+        raise PruneError(
+            "criterion 'fisher' measures channel importance on training data, and none was "
+            "given; run it through `yolo-prune prune` (which uses the recipe's data) or pick "
+            "l1, l2 or bn"
+        )
     names = list(names)
     groups = model_channel_groups(model, names)
     if criterion == "bn":
         filter_scores(model, names, "bn")  # refuse a model without batch-norm scales now
+    measured: dict[str, torch.Tensor] = {}
+
+    def group_scores() -> dict[str, torch.Tensor] | None:
+        if criterion == "bn":
+            return filter_scores(model, names, "bn")
+        if criterion == "fisher":
+            if not measured:
+                measured.update(importance(model, names))
+            return measured
+        return None
 
     def project(
         weights: Mapping[str, torch.Tensor],
@@ -301,14 +327,14 @@ def build_projection(
         *,
         caps: Mapping[str, float] | None = None,
     ) -> dict[str, torch.Tensor]:
-        scores = filter_scores(model, names, "bn") if criterion == "bn" else None
         return project_channel_groups(
             weights,
             groups,
             ratio,
             caps=caps,
-            norm="l2" if criterion == "bn" else criterion,
-            scores=scores,
+            norm=criterion if criterion in NORMS else "l2",
+            scores=group_scores(),
+            normalize=criterion != "fisher",
             round_to=round_to,
         )
 

@@ -30,6 +30,11 @@ Model protocol (every method optional, found with ``getattr``)
 ``model.protected_channels() -> dict[str, str]``
     Weights none of whose filters may be removed structurally, with the reason (``"it feeds
     the [yolo] layer 30"``); the ``group`` projection refuses such a target with that reason.
+
+``model.channel_output(name: str) -> nn.Module``
+    The module at whose output the channels of weight ``name`` are read by data-driven
+    importance (:mod:`yolo_prune.prune.importance`): Darknet returns the whole layer, after its
+    batch norm and activation. **Default**: the module owning the parameter.
 """
 
 from __future__ import annotations
