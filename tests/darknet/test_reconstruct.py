@@ -59,66 +59,65 @@ def test_refit_brings_the_shrunk_model_back_towards_the_dense_one(randomize):
         torch.testing.assert_close(same(test), want, atol=1e-3, rtol=1e-3)
 
 
-def _prune_refit_detect(shared_data, cfg, weights, size, ratio, conf):
-    """Real COCO weights, ``ratio`` of the channels removed by channel-group L1 (conservative
-    policy, every layer at most half), shrunk, refitted on 16 coco128 train images; no
-    fine-tuning. Returns the dog scores in dog.jpg."""
+def _dogs(model, image, conf):
+    from yolo_prune.detect.detector import Detector
+
+    found = Detector(model, conf=conf, optimize=False)([image])[0]
+    dog = 16  # COCO-80 index of "dog"
+    return [(float(s), b) for s, lab, b in zip(found.scores, found.labels, found.boxes,
+                                               strict=True) if lab == dog]  # fmt: skip
+
+
+def _prune_refit_detect(cfg_path, weights_path, shared_data, size, ratio, conf):
+    """Real COCO weights, ``ratio`` of the channels removed in one shot, ranked by Fisher
+    importance on the 128 coco128 train images (conservative policy: the first layer loses at
+    most 20%, any layer at most half), shrunk, refitted on 32 of them; no fine-tuning.
+    Returns the dog detections in dog.jpg of the dense and of the shrunk model."""
     import cv2
 
-    from yolo_prune.detect.detector import Detector
-    from yolo_prune.detect.preprocess import preprocess
-    from yolo_prune.prune.base import prepare_targets, target_weights
-    from yolo_prune.prune.masks import apply_masks_
-    from yolo_prune.prune.policy import ConservativePolicy
-    from yolo_prune.prune.structured import build_projection
-    from yolo_prune.prune.targets import TargetConfig
+    from yolo_prune.detect.calibrate import calibration_images, fisher_importance
+    from yolo_prune.prune.registry import build_pruner
 
-    dense = Darknet.from_cfg(shared_data / "cfg" / cfg, size=size)
-    dense.load_weights(shared_data / "weights" / weights)
+    dense = Darknet.from_cfg(cfg_path, size=size)
+    dense.load_weights(weights_path)
     dense.eval()
     model = copy.deepcopy(dense)
-    policy = ConservativePolicy(first_cap=0.2, last_cap=0.5)
-    names, caps = prepare_targets(model, TargetConfig(), policy)
-    project = build_projection(model, names, "group", criterion="l1")
-    apply_masks_(model, project(target_weights(model, names), ratio, caps=caps))
+    coco = shared_data / "coco128"
+    options = {"ratio": ratio, "policy": {"first_cap": 0.2, "last_cap": 0.5}}
+    build_pruner("channel", options).run(
+        model, fit=lambda *a: None, importance=fisher_importance(coco)
+    )
     pruned = model.zero_channel_groups()
-    small = shrink(fold_pruned_(model, pruned), pruned)
-    files = sorted((shared_data / "coco128" / "images" / "train2017").glob("*.jpg"))[:16]
-    letterbox = bool(dense.sections[0].get("letter_box", 0))
-    calib, _ = preprocess([cv2.imread(str(f)) for f in files], size, letterbox=letterbox)
-    reconstruct_(small, dense, calib.contiguous(), pruned, ridge=1e-3)
-    assert small.graph.params < dense.graph.params
+    small = shrink(fold_pruned_(model, pruned), pruned).eval()
+    reconstruct_(small, dense, calibration_images(small, coco, images=32), pruned)
+    channels = sum(len(g.producers) for g in small.channel_map().groups if g.prunable)
+    before = sum(len(g.producers) for g in dense.channel_map().groups if g.prunable)
+    assert channels <= (1 - ratio) * before + 1
     image = cv2.imread(str(shared_data / "images" / "dog.jpg"))
-    found = Detector(small, conf=conf, optimize=False)([image])[0]
-    dog = 16  # COCO-80 index of "dog"
-    return [float(s) for s, lab in zip(found.scores, found.labels, strict=True) if lab == dog]
+    return _dogs(dense, image, conf), _dogs(small, image, conf)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("cfg", "weights", "size", "ratio", "conf"),
+    ("cfg", "weights", "size"),
     [
-        ("yolo-fastest-1.1-xl.cfg", "yolo-fastest-1.1-xl.weights", 320, 0.2, 0.25),
-        ("yolov3-tiny.cfg", "yolov3-tiny.weights", 416, 0.15, 0.2),
-        pytest.param(
-            "yolo-fastest-1.1-xl.cfg",
-            "yolo-fastest-1.1-xl.weights",
-            320,
-            0.3,
-            0.25,
-            marks=pytest.mark.xfail(reason="issue 6 acceptance 4 not reached: dog lost at 30%"),
-        ),
-        pytest.param(
-            "yolov3-tiny.cfg",
-            "yolov3-tiny.weights",
-            416,
-            0.3,
-            0.25,
-            marks=pytest.mark.xfail(reason="issue 6 acceptance 4 not reached: dog lost at 30%"),
-        ),
+        ("yolo-fastest-1.1-xl.cfg", "yolo-fastest-1.1-xl.weights", 320),
+        # the repo's cfg: ../shared's yolov3-tiny.cfg has the first head's anchor mask wrong
+        ("yolov3-tiny.cfg", "yolov3-tiny.weights", 416),
     ],
 )
-def test_real_detector_pruned_and_refitted_still_finds_the_dog(
-    cfg, weights, size, ratio, conf, shared_data
+def test_real_detector_pruned_30_percent_without_training_still_finds_the_dog(
+    cfg, weights, size, shared_data, repo_cfg
 ):
-    assert _prune_refit_detect(shared_data, cfg, weights, size, ratio, conf)
+    """Issue 6 acceptance 4: the dog is still found, where the dense model finds it. Without
+    training the box is looser than the dense one (measured: yolov3-tiny IoU 0.83 with the
+    dense box, Yolo-Fastest 0.43), hence IoU > 0.4, not 0.5."""
+    from torchvision.ops import box_iou
+
+    dense, small = _prune_refit_detect(
+        repo_cfg / cfg, shared_data / "weights" / weights, shared_data, size, 0.3, 0.25
+    )
+    assert dense and small, f"dense dogs {dense}, pruned dogs {small}"
+    best = max(small, key=lambda d: d[0])[1]
+    want = max(dense, key=lambda d: d[0])[1]
+    assert float(box_iou(best[None], want[None])) > 0.4

@@ -118,6 +118,33 @@ def test_soft_filter_run_exports_a_shrunk_model_with_the_same_outputs(
     assert report["shrunk"]["AP50"] is not None and report["shrunk"]["fps"] is None
 
 
+def test_one_shot_channel_pruning_ranks_on_data_and_refits_the_shrunk_model(
+    tiny_dataset, tiny_weights, tiny_recipe_text, tmp_path
+):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(tiny_recipe_text + "  - {name: channel, method: channel, refit: 4}\n")
+    out = tmp_path / "out"
+    report = run_prune(_job(tiny_dataset, tiny_weights, recipe, out, method="channel",
+                            latency=False))  # fmt: skip
+    assert report["phases"] == [] and "No fine-tuning." in (out / "report.md").read_text()
+    assert report["refit_images"] == 4 and "refit on 4 images" in (out / "report.md").read_text()
+    assert report["shrunk"]["params"] < report["dense"]["params"]
+    # the export is the refitted model: it differs from the plain shrink of the masked weights
+    from yolo_prune.darknet.surgery import fold_pruned_, shrink
+
+    masked = Darknet.from_cfg(TINY_CFG, size=64)
+    masked.load_weights(out / "pruned.weights")
+    groups = masked.zero_channel_groups()
+    assert groups
+    plain = shrink(fold_pruned_(masked, groups), groups).eval()
+    small = Darknet.from_cfg(out / "pruned-shrunk.cfg")
+    small.load_weights(out / "pruned-shrunk.weights")
+    assert [p.shape for p in small.parameters()] == [p.shape for p in plain.parameters()]
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not torch.allclose(small.eval()(x), plain(x), rtol=1e-3, atol=1e-3)
+
+
 def _cli(args, capsys):
     code = main(args)
     return code, capsys.readouterr()

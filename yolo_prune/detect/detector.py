@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from yolo_prune.detect.postprocess import Detections, postprocess
-from yolo_prune.detect.preprocess import ImageTransform, preprocess
+from yolo_prune.detect.preprocess import ImageTransform, model_letterbox, preprocess
 from yolo_prune.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -142,10 +142,7 @@ class Detector:
             self.size = _as_hw(size)
         else:
             raise ConfigError("give size=: the model does not say what input size it takes")
-        if letterbox is None:
-            sections = getattr(model, "sections", None)
-            letterbox = bool(sections[0].get("letter_box", 0)) if sections else False
-        self.letterbox = letterbox
+        self.letterbox = model_letterbox(model, letterbox)
         self.conf, self.nms, self.multi_label, self.max_det = conf, nms, multi_label, max_det
 
     @classmethod

@@ -136,3 +136,11 @@ def preprocess(
         keep[t.pad_y : t.pad_y + new_h, t.pad_x : t.pad_x + new_w] = True
         x[i].masked_fill_(~keep, LETTERBOX_FILL)
     return x, transforms
+
+
+def model_letterbox(model: object, letterbox: bool | None) -> bool:
+    """``letterbox`` if given, else the cfg's ``letter_box`` (False for a model without one)."""
+    if letterbox is not None:
+        return bool(letterbox)
+    sections = getattr(model, "sections", None)
+    return bool(sections[0].get("letter_box", 0)) if sections else False

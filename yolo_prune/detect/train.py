@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from yolo_prune.data.augment import AugmentConfig
 from yolo_prune.data.train_dataset import TrainDataset, collate_detection
 from yolo_prune.detect.loss import YoloLoss, distillation_loss
+from yolo_prune.detect.preprocess import model_letterbox
 from yolo_prune.engine.checkpoint import (
     CheckpointHook,
     load_checkpoint,
@@ -300,10 +301,7 @@ def train_detector(
                 module.momentum = config.bn_momentum
     _, height, width = net.input_shape
     classes = YoloLoss.from_model(net).heads[0].classes
-    letterbox = config.letterbox
-    if letterbox is None:
-        sections = getattr(net, "sections", None)
-        letterbox = bool(sections[0].get("letter_box", 0)) if sections else False
+    letterbox = model_letterbox(net, config.letterbox)
     dataset = TrainDataset(
         config.data,
         split=config.split,

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from yolo_prune.errors import ConfigError
-from yolo_prune.jobs.recipe import to_yaml, variant_distill, variant_options
+from yolo_prune.jobs.recipe import to_yaml, variant_distill, variant_options, variant_refit
 from yolo_prune.prune.masks import apply_masks_
 from yolo_prune.utils.io import atomic_write_text
 
@@ -79,7 +79,9 @@ def merged_config(recipe: Mapping[str, Any], name: str) -> str:
     still holds)."""
     method, options = variant_options(recipe, name)
     distill = variant_distill(recipe, name)
-    ran = {"method": method, **options, **({"distill": distill} if distill else {})}
+    refit = variant_refit(recipe, name)
+    ran = {"method": method, **options, **({"distill": distill} if distill else {}),
+           **({"refit": refit} if refit else {})}  # fmt: skip
     keep = {k: v for k, v in recipe.items() if not k.startswith("_")}
     return to_yaml({**keep, "method": name, "methods": {name: ran}})
 
@@ -126,6 +128,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         ConfigError, DataError, WeightsError, PruneError: bad options, data, weights or a
             pruning request the model cannot satisfy (raised before any training).
     """
+    from yolo_prune.detect.calibrate import calibration_images, fisher_importance
     from yolo_prune.detect.train import TrainConfig, train_detector
     from yolo_prune.prune import build_pruner
 
@@ -133,6 +136,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     recipe = config.recipe
     method, options = variant_options(recipe, config.method)
     distill = variant_distill(recipe, config.method)
+    refit = variant_refit(recipe, config.method)
     pruner = build_pruner(method, options)  # validates the options before any work
     size = recipe.get("size")
     model = load_dense(config.cfg, config.weights, size=size)
@@ -150,8 +154,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         dense = evaluate(model)
     atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
 
-    # One frozen copy of the dense model: the teacher (never trained) and the timing baseline.
-    dense_model = copy.deepcopy(model) if config.latency or distill else None
+    # One frozen copy of the dense model: the teacher (never trained), the timing baseline and
+    # the refit's target.
+    dense_model = copy.deepcopy(model) if config.latency or distill or refit else None
     teacher = dense_model if distill else None
     phases: list[dict[str, Any]] = []
 
@@ -190,12 +195,19 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         return float(evaluate(model)["AP50"])
 
     logger.info("pruning with %s (%s) at ratio %s", config.method, method, options.get("ratio"))
-    result = pruner.run(model, fit=fit, evaluate=evaluate_ap50)
+    letterbox = (recipe.get("train") or {}).get("letterbox")
+    importance = fisher_importance(
+        config.data, letterbox=letterbox, device=config.device, progress=config.progress
+    )  # measured only if the method ranks channels by the "fisher" criterion
+    result = pruner.run(model, fit=fit, evaluate=evaluate_ap50, importance=importance)
     model.eval()
     pruned = evaluate(model)
 
     files = save_pruned(model, out, meta={"method": config.method, "ratio": options.get("ratio")})
-    shrunk = shrink_pruned(model, out)
+    calibration = None
+    if refit:
+        calibration = calibration_images(model, config.data, images=refit, letterbox=letterbox)
+    shrunk = shrink_pruned(model, out, refit_to=dense_model, calibration=calibration)
     if shrunk is not None:
         shrunk_model, shrunk_files = shrunk
         files.update(shrunk_files)
@@ -222,6 +234,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "options": json.loads(json.dumps(options, default=str)),
         "ratio": options.get("ratio"),
         "target_sparsity": result.sparsity,
+        "refit_images": int(calibration.shape[0]) if shrunk and calibration is not None else 0,
         "size": list(model.input_shape[1:]),
         "dense": _figures(dense, config.weights),
         "pruned": _figures(pruned, out / "pruned.weights"),
@@ -287,8 +300,18 @@ def save_pruned(model: nn.Module, out: Path, *, meta: Mapping[str, Any]) -> dict
     }
 
 
-def shrink_pruned(model: nn.Module, out: Path) -> tuple[nn.Module, dict[str, int]] | None:
-    """The physically smaller model, if whole channel groups are zero; exported as cfg+weights."""
+def shrink_pruned(
+    model: nn.Module,
+    out: Path,
+    *,
+    refit_to: nn.Module | None = None,
+    calibration: torch.Tensor | None = None,
+) -> tuple[nn.Module, dict[str, int]] | None:
+    """The physically smaller model, if whole channel groups are zero; exported as cfg+weights.
+
+    With ``calibration`` images, the shrunk model is then refitted by least squares to
+    ``refit_to`` (the dense model), layer by layer (:func:`yolo_prune.darknet.reconstruct`).
+    """
     zero_groups = getattr(model, "zero_channel_groups", None)
     groups = zero_groups() if zero_groups is not None else set()
     if not groups:
@@ -298,6 +321,13 @@ def shrink_pruned(model: nn.Module, out: Path) -> tuple[nn.Module, dict[str, int
 
     small = shrink(fold_pruned_(copy.deepcopy(model), groups), groups)
     small.eval()
+    if calibration is not None:
+        from yolo_prune.darknet.reconstruct import reconstruct_
+
+        if refit_to is None:
+            raise ConfigError("a refit needs the dense model to refit to")
+        device = next(small.parameters()).device
+        reconstruct_(small, refit_to.to(device).eval(), calibration.to(device), groups)
     cfg, weights = out / "pruned-shrunk.cfg", out / "pruned-shrunk.weights"
     export_darknet(small, cfg, weights)
     logger.info("removed %d channel groups: %s", len(groups), cfg)
@@ -378,7 +408,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     """``report.md``: the dense vs pruned table and the run's settings."""
     cols = [("dense", report["dense"]), ("pruned", report["pruned"])]
     if report.get("shrunk"):
-        cols.append(("pruned, shrunk", report["shrunk"]))
+        refit = report.get("refit_images")
+        label = f"pruned, shrunk, refit on {refit} images" if refit else "pruned, shrunk"
+        cols.append((label, report["shrunk"]))
     lines = [
         f"# {Path(report['cfg']).stem}: {report['method']} at ratio {report['ratio']}",
         "",
@@ -395,9 +427,11 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"Input {report['size'][1]}x{report['size'][0]}, {report['pruned'].get('images')} "
         f"validation images, {report['pruned'].get('device')}. "
         f"Whole run: {report['minutes']:.1f} min.",
-        "",
-        "| phase | epochs | minutes |",
-        "|---|---:|---:|",
     ]
-    lines += [f"| {p['phase']} | {p['epochs']} | {p['minutes']:.1f} |" for p in report["phases"]]
+    if report["phases"]:
+        lines += ["", "| phase | epochs | minutes |", "|---|---:|---:|"]
+        lines += [f"| {p['phase']} | {p['epochs']} | {p['minutes']:.1f} |"
+                  for p in report["phases"]]  # fmt: skip
+    else:
+        lines += ["", "No fine-tuning."]
     return "\n".join(lines) + "\n"

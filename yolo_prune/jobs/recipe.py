@@ -11,6 +11,9 @@ A recipe (``cfg/recipes/<model>.yaml``) reads::
     phases: {admm: {lr: 0.001}, retrain: {}}     # per-phase overrides of `train`
     distill: 0.0                    # weight of the dense model as a teacher (0: off); a
                                     #   variant may set its own `distill`
+    refit: 0                        # after removing channels, refit the shrunk model to the
+                                    #   dense one on this many training images by least
+                                    #   squares (one-shot channel pruning; 0: off); per variant too
     methods:                        # named variants; `method` is a registered method
       - {name: admm, method: admm, epochs: 4, retrain_epochs: 4, policy: {first_cap: 0.5}}
       - {name: magnitude, method: magnitude, epochs: 4}
@@ -47,10 +50,11 @@ TOP_KEYS = {
     "train": "fine-tuning settings (TrainConfig fields)",
     "phases": "per-phase overrides of `train`",
     "distill": "weight of the dense teacher's loss (0: off)",
+    "refit": "training images for the least-squares refit of the shrunk model (0: off)",
     "methods": "list of named method variants",
 }
 # Keys of a method variant that the job reads itself (the rest configure the method).
-_JOB_VARIANT_KEYS = {"method", "distill"}
+_JOB_VARIANT_KEYS = {"method", "distill", "refit"}
 # TrainConfig fields a recipe may not set: the job decides them.
 _JOB_OWNED = {
     "cfg", "data", "out", "epochs", "weights", "val", "resume", "max_steps", "size", "device",
@@ -114,7 +118,8 @@ def normalise(data: Mapping[str, Any], *, where: str = "recipe") -> dict[str, An
         entry.setdefault("method", name)
         by_name[name] = entry
     out["methods"] = by_name
-    for key, kind in (("ratio", (int, float)), ("size", int), ("distill", (int, float))):
+    for key, kind in (("ratio", (int, float)), ("size", int), ("distill", (int, float)),
+                      ("refit", int)):  # fmt: skip
         value = out.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
@@ -194,6 +199,15 @@ def variant_distill(recipe: Mapping[str, Any], name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(f"methods.{name}.distill={value!r}; expected a weight >= 0")
     return float(value)
+
+
+def variant_refit(recipe: Mapping[str, Any], name: str) -> int:
+    """Refit images of the variant ``name``: its own ``refit``, else the recipe's (0: off)."""
+    entry = recipe["methods"].get(name) or {}
+    value = entry.get("refit", recipe.get("refit")) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"methods.{name}.refit={value!r}; expected a number of images >= 0")
+    return value
 
 
 def _fields(method: str) -> set[str]:
