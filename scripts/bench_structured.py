@@ -4,7 +4,8 @@
 
 For each model (yolov4 at 608, yolov4-tiny at 416) the dense network and copies with 30%, 50%
 and 70% of their prunable channels removed are timed side by side in our PyTorch model (batch
-norms fused, eval, channels-last, inference mode), ONNX Runtime (the model exported with
+norms fused, eval, channels-last, inference mode; "torch-cmish": the same with mish compiled,
+``prepare_for_inference(compile_mish=True)``), ONNX Runtime (the model exported with
 ``yolo_prune.export.onnx``) and OpenCV DNN (``cv2.dnn.readNetFromDarknet`` of the cfg+weights
 written by ``yolo_prune.export.darknet``).
 
@@ -56,7 +57,7 @@ from yolo_prune.prune.targets import TargetConfig  # noqa: E402
 from yolo_prune.utils.io import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RUNTIMES = ("torch", "onnxruntime", "opencv")
+RUNTIMES = ("torch", "torch-cmish", "onnxruntime", "opencv")
 
 
 @torch.no_grad()
@@ -98,11 +99,16 @@ def runners(model: Darknet, tmp: Path, tag: str, threads: int, x: torch.Tensor) 
     import onnxruntime as ort
 
     fast = prepare_for_inference(model)
+    fast_cmish = prepare_for_inference(model, compile_mish=True)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def run_torch() -> np.ndarray:
         with torch.inference_mode():
             return fast(x_cl)[0].numpy()
+
+    def run_torch_cmish() -> np.ndarray:
+        with torch.inference_mode():
+            return fast_cmish(x_cl)[0].numpy()
 
     onnx_path = tmp / f"{tag}.onnx"
     export_onnx(model, onnx_path, input_shape=model.input_shape)
@@ -127,7 +133,8 @@ def runners(model: Darknet, tmp: Path, tag: str, threads: int, x: torch.Tensor) 
         net.setInput(blob)
         return np.concatenate(net.forward(outs))
 
-    return {"torch": run_torch, "onnxruntime": run_ort, "opencv": run_opencv}
+    return {"torch": run_torch, "torch-cmish": run_torch_cmish, "onnxruntime": run_ort,
+            "opencv": run_opencv}  # fmt: skip
 
 
 def bench_model(name: str, size: int, ratios: list[float], args: argparse.Namespace) -> dict:

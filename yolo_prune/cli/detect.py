@@ -41,6 +41,7 @@ class DetectConfig:
     device: str = "cpu"  # torch device
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
     save: bool = True  # write annotated images / video
+    compile_mish: bool = False  # compiled mish (faster on CPU for mish models; compiles once)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf < 1.0:
@@ -87,6 +88,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     p.add_argument(
+        "--compile-mish",
+        action="store_true",
+        help="compile mish (yolov4 and other mish models run much faster on CPU; the first "
+        "run compiles for some seconds, needs a C++ compiler)",
+    )
+    p.add_argument(
         "--no-save",
         dest="save",
         action="store_false",
@@ -111,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> DetectConfig:
         device=args.device,
         threads=args.threads,
         save=args.save,
+        compile_mish=args.compile_mish,
     )
 
 
@@ -148,7 +156,8 @@ def run_detect(cfg: DetectConfig, *, progress: bool = True):
     if not getattr(model, "is_detector", False):
         raise ConfigError("this cfg has no [yolo] layer; detect runs detectors")
     detector = Detector(
-        prepare_for_inference(model, inplace=True),  # ours alone: no second copy
+        # ours alone: no second copy
+        prepare_for_inference(model, inplace=True, compile_mish=cfg.compile_mish),
         optimize=False,
         letterbox=cfg.letterbox,
         conf=cfg.conf,

@@ -73,7 +73,9 @@ def with_input_size(model: nn.Module, size: int | Sequence[int] | None) -> nn.Mo
     return new.to(next(model.parameters()).device).train(model.training)
 
 
-def prepare_for_inference(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+def prepare_for_inference(
+    model: nn.Module, *, inplace: bool = False, compile_mish: bool = False
+) -> nn.Module:
     """The fastest CPU/GPU form of ``model`` for eval-mode inference.
 
     Folds batch norms into convolutions (if the model offers ``fuse_``), switches to eval mode,
@@ -84,12 +86,19 @@ def prepare_for_inference(model: nn.Module, *, inplace: bool = False) -> nn.Modu
         model: the model; left untouched unless ``inplace``.
         inplace: change ``model`` itself instead of a deep copy (saves memory; the model can
             then no longer be trained or saved as Darknet .weights).
+        compile_mish: run mish through a compiled one-exponential kernel
+            (:mod:`yolo_prune.detect.fast_mish`): much faster on CPU, some seconds to compile at
+            the first forward pass.
     """
     m = model if inplace else copy.deepcopy(model)
     m.eval()
     if callable(getattr(m, "fuse_", None)) and not getattr(m, "fused", False):
         m.fuse_()
     m.requires_grad_(False)
+    if compile_mish:
+        from yolo_prune.detect.fast_mish import compile_mish_
+
+        compile_mish_(m)
     return m.to(memory_format=torch.channels_last)
 
 
