@@ -4,10 +4,10 @@
 
 For each model (yolov4 at 608, yolov4-tiny at 416) the dense network and copies with 30%, 50%
 and 70% of their prunable channels removed are timed side by side in our PyTorch model (batch
-norms fused, eval, channels-last, inference mode; "torch-cmish": the same with mish compiled,
-``prepare_for_inference(compile_mish=True)``), ONNX Runtime (the model exported with
-``yolo_prune.export.onnx``) and OpenCV DNN (``cv2.dnn.readNetFromDarknet`` of the cfg+weights
-written by ``yolo_prune.export.darknet``).
+norms fused, eval, channels-last, inference mode, eager ``aten::mish``; "torch-cmish": the same
+with mish compiled, ``prepare_for_inference``'s default on the CPU), ONNX Runtime (the model
+exported with ``yolo_prune.export.onnx``) and OpenCV DNN (``cv2.dnn.readNetFromDarknet`` of the
+cfg+weights written by ``yolo_prune.export.darknet``).
 
 The weights are random (He-normal convolutions, batch-norm statistics measured on a random
 batch): latency and FLOPs do not depend on what the weights have learnt, and random weights
@@ -98,7 +98,7 @@ def runners(model: Darknet, tmp: Path, tag: str, threads: int, x: torch.Tensor) 
     """``runtime -> (call, output rows [N, 5 + C])`` for one model variant."""
     import onnxruntime as ort
 
-    fast = prepare_for_inference(model)
+    fast = prepare_for_inference(model, compile_mish=False)
     fast_cmish = prepare_for_inference(model, compile_mish=True)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 

@@ -28,9 +28,10 @@ CFG = (
 
 def test_prepare_for_inference_compiles_mish_and_keeps_the_outputs(randomize):
     model = randomize(Darknet.from_cfg_text(CFG)).eval()
-    eager = prepare_for_inference(model)
-    fast = prepare_for_inference(model, compile_mish=True)
+    eager = prepare_for_inference(model, compile_mish=False)
+    fast = prepare_for_inference(model)  # default: compiled, for a mish model on the CPU
     assert sum(isinstance(m, fast_mish.CompiledMish) for m in fast.modules()) == 2
+    assert not any(isinstance(m, fast_mish.CompiledMish) for m in eager.modules())
     assert not any(isinstance(m, fast_mish.CompiledMish) for m in model.modules())  # a copy
     x = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -39,3 +40,9 @@ def test_prepare_for_inference_compiles_mish_and_keeps_the_outputs(randomize):
     assert not fast_mish._failed, "torch.compile failed here: is a C++ compiler installed?"
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert got_other_size.shape[0] == 1
+
+
+def test_models_without_mish_are_left_as_they_are(randomize):
+    model = randomize(Darknet.from_cfg_text(CFG.replace("activation=mish", "activation=leaky")))
+    fast = prepare_for_inference(model)
+    assert not any(isinstance(m, fast_mish.CompiledMish) for m in fast.modules())

@@ -158,3 +158,22 @@ def test_darknet_dropout_is_off_while_measuring_so_scores_repeat():
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     net.train()
     assert net.layers[1].drop.training  # only frozen while measuring
+
+
+def test_admm_filter_ranks_by_fisher_when_given_importance():
+    calls = []
+
+    def importance(model, targets):
+        calls.append(1)
+        return {"0.weight": torch.arange(1.0, 9.0), "1.weight": 100 * torch.arange(1.0, 9.0)}
+
+    options = {"ratio": 0.25, "criterion": "fisher", "epochs": 1, "stages": 1, "retrain_epochs": 0}
+    net = _two_layer_net()
+    result = build_pruner("admm-filter", options).run(
+        net, fit=lambda *a: None, importance=importance
+    )
+    assert len(calls) == 1
+    assert (~result.masks["0.weight"]).reshape(8, -1).all(1).tolist() == [True] * 4 + [False] * 4
+    assert result.masks["1.weight"].all()
+    with pytest.raises(PruneError, match="training data"):
+        build_pruner("admm-filter", options).run(_two_layer_net(), fit=lambda *a: None)

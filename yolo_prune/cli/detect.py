@@ -41,7 +41,7 @@ class DetectConfig:
     device: str = "cpu"  # torch device
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
     save: bool = True  # write annotated images / video
-    compile_mish: bool = False  # compiled mish (faster on CPU for mish models; compiles once)
+    compile_mish: bool | None = None  # compiled mish; None: for mish models on the CPU
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf < 1.0:
@@ -89,9 +89,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     p.add_argument(
         "--compile-mish",
-        action="store_true",
-        help="compile mish (yolov4 and other mish models run much faster on CPU; the first "
-        "run compiles for some seconds, needs a C++ compiler)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run mish through a compiled kernel (default: on for mish models on the CPU, "
+        "where yolov4 runs about 1.4x faster; the first run compiles for some seconds, and "
+        "without a C++ compiler it falls back to eager mish)",
     )
     p.add_argument(
         "--no-save",

@@ -74,7 +74,7 @@ def with_input_size(model: nn.Module, size: int | Sequence[int] | None) -> nn.Mo
 
 
 def prepare_for_inference(
-    model: nn.Module, *, inplace: bool = False, compile_mish: bool = False
+    model: nn.Module, *, inplace: bool = False, compile_mish: bool | None = None
 ) -> nn.Module:
     """The fastest CPU/GPU form of ``model`` for eval-mode inference.
 
@@ -88,13 +88,17 @@ def prepare_for_inference(
             then no longer be trained or saved as Darknet .weights).
         compile_mish: run mish through a compiled one-exponential kernel
             (:mod:`yolo_prune.detect.fast_mish`): much faster on CPU, some seconds to compile at
-            the first forward pass.
+            the first forward pass of the process (then cached on disk); ``None``: when the
+            model has mish and sits on the CPU.
     """
     m = model if inplace else copy.deepcopy(model)
     m.eval()
     if callable(getattr(m, "fuse_", None)) and not getattr(m, "fused", False):
         m.fuse_()
     m.requires_grad_(False)
+    if compile_mish is None:
+        on_cpu = all(p.device.type == "cpu" for p in m.parameters())
+        compile_mish = on_cpu and any(isinstance(x, nn.Mish) for x in m.modules())
     if compile_mish:
         from yolo_prune.detect.fast_mish import compile_mish_
 

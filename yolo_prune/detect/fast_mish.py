@@ -8,9 +8,10 @@ gains nothing from that form (each op is its own pass over memory), but ``torch.
 fuses it into one vectorised loop, about 8x faster than ``aten::mish`` on a 2-core CPU.
 
 Agrees with Darknet's mish (softplus threshold 20) to float rounding: above 20 the output is
-``x``, as ``tanh(x)`` is 1 in float32 there. Opt-in (``prepare_for_inference(...,
-compile_mish=True)``): the first call compiles (some seconds, needs a C++ compiler; cached on
-disk afterwards), and a failed compilation falls back to ``aten::mish`` with a warning.
+``x``, as ``tanh(x)`` is 1 in float32 there. :func:`~yolo_prune.detect.prepare_for_inference`
+uses it for mish models on the CPU unless told ``compile_mish=False``: the first call of a
+process compiles (some seconds, needs a C++ compiler; cached on disk afterwards), and a failed
+compilation falls back to ``aten::mish`` with a warning.
 """
 
 from __future__ import annotations
