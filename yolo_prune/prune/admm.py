@@ -49,7 +49,7 @@ from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection
-from yolo_prune.prune.structured import CRITERIA, build_projection, check_round_to
+from yolo_prune.prune.structured import build_projection, check_group_method
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -136,18 +136,8 @@ class ADMMFilterConfig(ADMMConfig):
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
 
     def __post_init__(self) -> None:
-        if self.projection != "group":
-            raise PruneError(
-                f"admm-filter projects channel groups; projection={self.projection!r} is for "
-                "method 'admm'"
-            )
-        if self.norm is not None:
-            raise PruneError("admm-filter takes criterion= (l1, l2, bn or fisher), not norm=")
-        if self.criterion not in CRITERIA:
-            raise PruneError(
-                f"unknown criterion {self.criterion!r}; choose one of: {', '.join(CRITERIA)}"
-            )
-        check_round_to(self.round_to)
+        check_group_method("admm-filter", "admm", projection=self.projection, norm=self.norm,
+                           criterion=self.criterion, round_to=self.round_to)  # fmt: skip
         super().__post_init__()
 
     def build_projection(

@@ -39,7 +39,7 @@ from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection, sparsity
-from yolo_prune.prune.structured import CRITERIA, build_projection, check_round_to
+from yolo_prune.prune.structured import build_projection, check_group_method
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -90,18 +90,8 @@ class ChannelConfig(MagnitudeConfig):
     epochs: int = 0  # masked fine-tuning epochs (0: one-shot, no training)
 
     def __post_init__(self) -> None:
-        if self.projection != "group":
-            raise PruneError(
-                f"channel removes channel groups; projection={self.projection!r} is for "
-                "method 'magnitude'"
-            )
-        if self.norm is not None:
-            raise PruneError("channel takes criterion= (fisher, l1, l2 or bn), not norm=")
-        if self.criterion not in CRITERIA:
-            raise PruneError(
-                f"unknown criterion {self.criterion!r}; choose one of: {', '.join(CRITERIA)}"
-            )
-        check_round_to(self.round_to)
+        check_group_method("channel", "magnitude", projection=self.projection, norm=self.norm,
+                           criterion=self.criterion, round_to=self.round_to)  # fmt: skip
         super().__post_init__()
 
     def build_projection(

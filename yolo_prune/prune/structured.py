@@ -260,6 +260,23 @@ def project_channel_groups(
     return masks
 
 
+def check_group_method(
+    method: str, plain: str, *, projection: str, norm: str | None, criterion: str, round_to: int
+) -> None:
+    """The checks of a method that removes channel groups (``admm-filter``, ``channel``):
+    ``projection`` must stay "group" (``plain``, the method's unstructured sibling, takes the
+    others), a ``criterion`` replaces ``norm``, and ``round_to`` is a positive int."""
+    if projection != "group":
+        raise PruneError(
+            f"{method} projects channel groups; projection={projection!r} is for method {plain!r}"
+        )
+    if norm is not None:
+        raise PruneError(f"{method} takes criterion= ({', '.join(CRITERIA)}), not norm=")
+    if criterion not in CRITERIA:
+        raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
+    check_round_to(round_to)
+
+
 def check_round_to(round_to: int) -> int:
     """``round_to`` as a positive int, or a ``PruneError``."""
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
