@@ -40,34 +40,15 @@ import torch  # noqa: E402
 
 from yolo_prune.darknet import Darknet  # noqa: E402
 from yolo_prune.detect import prepare_for_inference  # noqa: E402
-from yolo_prune.eval.latency import device_description, time_calls  # noqa: E402
+from yolo_prune.eval.latency import (  # noqa: E402
+    device_description,
+    random_weights_,
+    time_calls,
+)
 from yolo_prune.utils.io import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("yolov4-tiny:416", "yolov3-tiny:416", "yolov4:608")
-
-
-@torch.no_grad()
-def randomize_(model: Darknet, *, seed: int = 0) -> Darknet:
-    """He-normal weights and batch-norm statistics measured on a random batch, in place.
-
-    Keeps activations O(1) through the network, so neither runtime meets denormal floats
-    (which would slow one down and not the other).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            fan_in = m.weight[0].numel()
-            m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2 / fan_in) ** 0.5)
-            if m.bias is not None:
-                m.bias.zero_()
-        elif isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # one batch sets the statistics
-    model.train()
-    c, h, w = model.input_shape
-    model(torch.rand((2, c, h, w), generator=gen))
-    return model.eval()
 
 
 def bench_one(name: str, size: int, args: argparse.Namespace, tmp: Path) -> dict:
@@ -78,7 +59,7 @@ def bench_one(name: str, size: int, args: argparse.Namespace, tmp: Path) -> dict
         model.load_weights(real)
         weights, kind = real, "real"
     else:
-        randomize_(model)
+        random_weights_(model, model.input_shape)
         weights, kind = tmp / f"{name}.weights", "random"
         model.save_weights(weights)
     ours = prepare_for_inference(model, inplace=True)

@@ -47,7 +47,11 @@ import torch  # noqa: E402
 from yolo_prune.darknet import Darknet  # noqa: E402
 from yolo_prune.darknet.surgery import fold_pruned_, shrink  # noqa: E402
 from yolo_prune.detect import prepare_for_inference  # noqa: E402
-from yolo_prune.eval.latency import device_description, time_calls  # noqa: E402
+from yolo_prune.eval.latency import (  # noqa: E402
+    device_description,
+    random_weights_,
+    time_calls,
+)
 from yolo_prune.export import export_darknet, export_onnx  # noqa: E402
 from yolo_prune.prune.base import prepare_targets, target_weights  # noqa: E402
 from yolo_prune.prune.masks import apply_masks_  # noqa: E402
@@ -58,27 +62,6 @@ from yolo_prune.utils.io import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUNTIMES = ("torch", "torch-cmish", "onnxruntime", "opencv")
-
-
-@torch.no_grad()
-def randomize_(model: Darknet, *, seed: int = 0) -> Darknet:
-    """He-normal weights and batch-norm statistics measured on a random batch, in place."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            fan_in = m.weight[0].numel()
-            m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2 / fan_in) ** 0.5)
-            if m.bias is not None:
-                m.bias.zero_()
-        elif isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-            m.bias.copy_(torch.rand(m.bias.shape, generator=gen) * 0.2 - 0.1)
-            m.reset_running_stats()
-            m.momentum = None  # one batch sets the statistics
-    model.train()
-    c, h, w = model.input_shape
-    model(torch.rand((1, c, h, w), generator=gen))
-    return model.eval()
 
 
 def prune_structured(model: Darknet, ratio: float, args: argparse.Namespace) -> Darknet:
@@ -138,7 +121,8 @@ def runners(model: Darknet, tmp: Path, tag: str, threads: int, x: torch.Tensor) 
 
 
 def bench_model(name: str, size: int, ratios: list[float], args: argparse.Namespace) -> dict:
-    dense = randomize_(Darknet.from_cfg(args.data / "cfg" / f"{name}.cfg", size=size))
+    dense = Darknet.from_cfg(args.data / "cfg" / f"{name}.cfg", size=size)
+    random_weights_(dense, dense.input_shape)
     x = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(1))
     variants = {}
     with tempfile.TemporaryDirectory() as tmp:

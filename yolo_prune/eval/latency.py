@@ -178,3 +178,30 @@ def compare_latency(
             times[name] += time_calls(lambda m=model: m(x), warmup=0, runs=runs, synchronize=sync)
     desc = device_description(dev)
     return {name: summarize(t, batch_size=1, device=desc) for name, t in times.items()}
+
+
+@torch.no_grad()
+def random_weights_(model: nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0):
+    """Random weights for timing a model that has no trained ones, in place; returns it in eval
+    mode.
+
+    He-normal convolutions, random batch-norm scales in [0.5, 1.5] and shifts in [-0.1, 0.1],
+    and running statistics measured on one random ``input_shape`` image: activations stay O(1)
+    through the network, so no runtime meets denormal floats (which would slow one down and not
+    another), and latency does not depend on what weights were learnt.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2 / fan_in) ** 0.5)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+            m.bias.copy_(torch.rand(m.bias.shape, generator=gen) * 0.2 - 0.1)
+            m.reset_running_stats()
+            m.momentum = None  # one batch sets the statistics
+    model.train()
+    model(torch.rand((1, *input_shape), generator=gen))
+    return model.eval()

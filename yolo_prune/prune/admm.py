@@ -49,7 +49,11 @@ from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection
-from yolo_prune.prune.structured import build_projection, check_group_method
+from yolo_prune.prune.structured import (
+    GroupProjectionMixin,
+    build_projection,
+    check_group_method,
+)
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -126,7 +130,7 @@ class LayerwiseADMMConfig(ADMMConfig):
 
 
 @dataclass(frozen=True)
-class ADMMFilterConfig(ADMMConfig):
+class ADMMFilterConfig(GroupProjectionMixin, ADMMConfig):
     """Filter-wise ADMM over channel groups: Z keeps whole groups (tied filters) at one global
     ratio of channels, so the pruned model can be shrunk physically (see
     :mod:`yolo_prune.prune.structured`)."""
@@ -139,18 +143,6 @@ class ADMMFilterConfig(ADMMConfig):
         check_group_method("admm-filter", "admm", projection=self.projection, norm=self.norm,
                            criterion=self.criterion, round_to=self.round_to)  # fmt: skip
         super().__post_init__()
-
-    def build_projection(
-        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
-    ) -> Projection:
-        return build_projection(
-            model,
-            names,
-            "group",
-            criterion=self.criterion,
-            round_to=self.round_to,
-            importance=importance,
-        )
 
 
 class ADMMHook(Hook):

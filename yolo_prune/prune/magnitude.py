@@ -39,7 +39,11 @@ from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection, sparsity
-from yolo_prune.prune.structured import build_projection, check_group_method
+from yolo_prune.prune.structured import (
+    GroupProjectionMixin,
+    build_projection,
+    check_group_method,
+)
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -77,7 +81,7 @@ class MagnitudeConfig:
 
 
 @dataclass(frozen=True)
-class ChannelConfig(MagnitudeConfig):
+class ChannelConfig(GroupProjectionMixin, MagnitudeConfig):
     """Channel pruning for a real speedup: remove whole channel groups (tied filters) at one
     global ratio of channels, ranked by ``criterion``; then ``epochs`` of masked fine-tuning
     (default none: one-shot). ``fisher`` measures on training batches how much the loss rises
@@ -93,18 +97,6 @@ class ChannelConfig(MagnitudeConfig):
         check_group_method("channel", "magnitude", projection=self.projection, norm=self.norm,
                            criterion=self.criterion, round_to=self.round_to)  # fmt: skip
         super().__post_init__()
-
-    def build_projection(
-        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
-    ) -> Projection:
-        return build_projection(
-            model,
-            names,
-            "group",
-            criterion=self.criterion,
-            round_to=self.round_to,
-            importance=importance,
-        )
 
 
 def _split(total: int, parts: int) -> list[int]:

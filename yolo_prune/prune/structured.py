@@ -260,6 +260,27 @@ def project_channel_groups(
     return masks
 
 
+class GroupProjectionMixin:
+    """For the config of a method that removes channel groups (``admm-filter``, ``channel``):
+    its projection is the ``group`` one, ranked by the config's ``criterion`` and rounded to
+    its ``round_to``."""
+
+    criterion: str
+    round_to: int
+
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
+        return build_projection(
+            model,
+            names,
+            "group",
+            criterion=self.criterion,
+            round_to=self.round_to,
+            importance=importance,
+        )
+
+
 def check_group_method(
     method: str, plain: str, *, projection: str, norm: str | None, criterion: str, round_to: int
 ) -> None:
