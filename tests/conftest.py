@@ -113,14 +113,15 @@ def our_rows(model: Darknet, x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         y = model.eval()(x)[0]
     parts, offset = [], 0
+    h, w = x.shape[-2:]
     for i in model.yolo_indices:
         a = len(model.layers[i].mask)
-        _, lh, lw = model.graph.layers[i].out_shape
+        sx, sy = model.layers[i].stride
+        lh, lw = round(h / sy), round(w / sx)
         n = a * lh * lw
         parts.append(y[offset : offset + n].view(a, lh, lw, -1).permute(1, 2, 0, 3).reshape(n, -1))
         offset += n
     rows = torch.cat(parts).numpy().copy()
-    _, h, w = model.input_shape
     rows[:, :4] /= np.array([w, h, w, h], dtype=np.float32)
     return rows
 

@@ -50,6 +50,18 @@ class NetGraph:
     def bflops(self) -> float:
         return sum(layer.bflops for layer in self.layers)
 
+    @property
+    def max_stride(self) -> int:
+        """Input pixels per cell of the coarsest feature map (32 for the YOLO family): the
+        network runs at any input whose sides are multiples of it."""
+        _, in_h, in_w = self.input_shape
+        ratios = [
+            max(in_h // layer.out_shape[1], in_w // layer.out_shape[2])
+            for layer in self.layers
+            if len(layer.out_shape) == 3 and layer.out_shape[1] > 0 and layer.out_shape[2] > 0
+        ]
+        return max(ratios, default=1)
+
     def yolo_layers(self) -> list[LayerSpec]:
         return [layer for layer in self.layers if layer.kind == "yolo"]
 

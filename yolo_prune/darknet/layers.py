@@ -255,6 +255,10 @@ class YoloLayer(nn.Module):
     Eval mode returns ``[B, A*H*W, 5 + C]`` rows ordered (anchor, row, column): centre x,
     centre y, width, height in input pixels, objectness, class probabilities (not multiplied by
     objectness). Training mode returns the raw ``[B, A, H, W, 5 + C]`` tensor for the loss.
+
+    Boxes are decoded for the input actually given, as Darknet and OpenCV do: a cell is
+    ``stride`` input pixels wide whatever the input size, so a model built for 608 and run at
+    416 decodes a 13x13 grid into a 416-pixel image.
     """
 
     def __init__(self, spec: LayerSpec, input_hw: tuple[int, int]):
@@ -265,7 +269,9 @@ class YoloLayer(nn.Module):
         self.classes = sec["classes"]
         self.scale_x_y = float(sec["scale_x_y"])
         self.new_coords = bool(sec["new_coords"])
-        self.input_hw = input_hw  # network input (height, width) in pixels; updated on resize
+        _, grid_h, grid_w = spec.in_shape
+        # Input pixels per grid cell (x, y): fixed by the layers before the head, not the input.
+        self.stride = (input_hw[1] / grid_w, input_hw[0] / grid_h)
         self.register_buffer(
             "anchors", torch.tensor(anchors, dtype=torch.float32), persistent=False
         )
@@ -282,7 +288,6 @@ class YoloLayer(nn.Module):
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw ``[B, A, H, W, 5 + C]`` -> decoded boxes in input pixels, same shape."""
         _, _, h, w, _ = raw.shape
-        in_h, in_w = self.input_hw
         xy, wh, rest = raw[..., :2], raw[..., 2:4], raw[..., 4:]
         if not self.new_coords:
             xy = torch.sigmoid(xy)
@@ -296,8 +301,7 @@ class YoloLayer(nn.Module):
             indexing="ij",
         )
         grid = torch.stack((gx, gy), dim=-1)  # [H, W, 2] as (x, y)
-        stride = torch.tensor([in_w / w, in_h / h], device=raw.device, dtype=raw.dtype)
-        centre = (xy + grid) * stride
+        centre = (xy + grid) * torch.tensor(self.stride, device=raw.device, dtype=raw.dtype)
         anchors = self.anchors.to(raw.dtype).view(1, -1, 1, 1, 2)
         size = wh * wh * 4 * anchors if self.new_coords else torch.exp(wh) * anchors
         return torch.cat((centre, size, rest), dim=-1)

@@ -10,6 +10,7 @@ from torch import nn
 from yolo_prune.darknet.cfg import Section, format_cfg, load_cfg, parse_cfg
 from yolo_prune.darknet.graph import NetGraph, build_graph
 from yolo_prune.darknet.layers import YoloLayer, build_layer
+from yolo_prune.errors import ConfigError
 
 
 class Darknet(nn.Module):
@@ -63,10 +64,25 @@ class Darknet(nn.Module):
     def is_detector(self) -> bool:
         return bool(self.yolo_indices)
 
+    @property
+    def num_classes(self) -> int:
+        """Classes a detector predicts (its ``[yolo]`` layers' ``classes=``), or a classifier's
+        outputs."""
+        if self.yolo_indices:
+            return int(self.layers[self.yolo_indices[0]].classes)
+        return int(self.graph.layers[-1].out_shape[0])
+
+    @property
+    def letter_box(self) -> bool:
+        """The cfg's ``letter_box``: images are fitted into the input keeping their aspect."""
+        return bool(self.sections[0].get("letter_box", 0))
+
     def cfg_text(self) -> str:
         return format_cfg(self.sections)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if tuple(x.shape[-2:]) != self.input_shape[1:]:
+            self._check_input_size(x.shape[-2], x.shape[-1])
         saved: dict[int, torch.Tensor] = {}
         heads: list[torch.Tensor] = []
         prev = x
@@ -86,6 +102,18 @@ class Darknet(nn.Module):
         if heads:
             return heads if self.training else torch.cat(heads, dim=1)
         return prev.flatten(1)
+
+    def _check_input_size(self, height: int, width: int) -> None:
+        """A detector runs at any multiple of its largest stride; other inputs are refused."""
+        step = self.graph.max_stride
+        if not self.is_detector or height % step or width % step or min(height, width) < step:
+            _, h, w = self.input_shape
+            valid = (
+                f"multiples of {step} pixels (e.g. {', '.join(str(step * k) for k in (10, 13, 19))})"
+                if self.is_detector
+                else f"{w}x{h} only (a classifier's layers are sized for its input)"
+            )
+            raise ConfigError(f"input {width}x{height}: this network runs at {valid}")
 
     def fuse_(self) -> Darknet:
         """Fold every batch norm into the convolution or connected layer before it, in place.
