@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from yolo_prune.cli.common import add_runtime_argument
 from yolo_prune.errors import ConfigError, DataError, require_file
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class DetectConfig:
     threads: int | None = None  # CPU threads for torch (default: torch's choice)
     save: bool = True  # write annotated images / video
     compile_mish: bool | None = None  # compiled mish; None: for mish models on the CPU
+    runtime: str = "auto"  # torch, onnxruntime, opencv, or auto (the fastest here)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf < 1.0:
@@ -69,7 +71,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cfg", type=Path, help="Darknet .cfg (optional for a .sparse file)")
     p.add_argument(
-        "--weights", type=Path, required=True, help=".weights, .pt or .sparse (pruned) file"
+        "--weights",
+        type=Path,
+        required=True,
+        help=".weights, .pt, .sparse (pruned) or .onnx (exported, float or INT8) file",
     )
     p.add_argument("--source", type=Path, required=True, help="image, folder of images or video")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -95,6 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "where yolov4 runs about 1.4x faster; the first run compiles for some seconds, and "
         "without a C++ compiler it falls back to eager mish)",
     )
+    add_runtime_argument(p)
     p.add_argument(
         "--no-save",
         dest="save",
@@ -121,6 +127,7 @@ def config_from_args(args: argparse.Namespace) -> DetectConfig:
         threads=args.threads,
         save=args.save,
         compile_mish=args.compile_mish,
+        runtime=args.runtime,
     )
 
 
@@ -151,22 +158,23 @@ def run_detect(cfg: DetectConfig, *, progress: bool = True):
     source_kind(cfg.source)  # a missing source fails before the model is built
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    from yolo_prune.detect import prepare_for_inference
     from yolo_prune.jobs.models import load_model
 
     model, _ = load_model(cfg.cfg, cfg.weights, size=cfg.size)
     if not getattr(model, "is_detector", False):
         raise ConfigError("this cfg has no [yolo] layer; detect runs detectors")
     detector = Detector(
-        # ours alone: no second copy
-        prepare_for_inference(model, inplace=True, compile_mish=cfg.compile_mish),
-        optimize=False,
+        model,
         letterbox=cfg.letterbox,
         conf=cfg.conf,
         nms=cfg.nms,
         device=cfg.device,
+        runtime=cfg.runtime,
+        compile_mish=cfg.compile_mish,
     )
-    names = load_names(cfg.names, detector.classes)
+    # An exported .onnx carries its class names; --names overrides them.
+    names = getattr(model, "names", None) if cfg.names is None else None
+    names = names or load_names(cfg.names, detector.classes)
     summary = detect_source(
         detector,
         cfg.source,
@@ -183,6 +191,9 @@ def run_detect(cfg: DetectConfig, *, progress: bool = True):
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     s, detector = run_detect(cfg, progress=True)
+    if detector.runtime_latency_ms:
+        timed = ", ".join(f"{k} {v:.1f} ms" for k, v in detector.runtime_latency_ms.items())
+        print(f"runtime {detector.runtime} (fastest at batch 1 here: {timed})")
     what = "frames" if s.kind == "video" else "images"
     print(f"{s.images} {what}, {s.detections} detections -> {s.json_path}")
     if s.skipped:
@@ -197,6 +208,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{s.fps:.1f} FPS overall (read, detect, draw, write); {s.detect_fps:.1f} FPS "
             f"detection alone (pre-process, forward, NMS) at {w}x{h}, "
-            f"{torch.get_num_threads()} CPU threads"
+            f"{torch.get_num_threads()} CPU threads, runtime {detector.runtime}"
         )
     return 0

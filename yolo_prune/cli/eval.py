@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from yolo_prune.cli.common import add_runtime_argument
 from yolo_prune.errors import ConfigError, DataError
 from yolo_prune.jobs import models
 from yolo_prune.utils.io import atomic_write_text
@@ -44,6 +45,7 @@ class EvalOptions:
     nms: float = 0.45  # detection: IoU threshold of the class-aware NMS
     letterbox: bool | None = None  # detection: keep aspect ratios (None: the cfg's letter_box)
     save_detections: Path | None = None  # detection: also write COCO results JSON here
+    runtime: str = "auto"  # detection: torch, onnxruntime, opencv, or auto (the fastest here)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--cfg", type=Path, help="Darknet .cfg (optional for sparse files with a cfg)")
-    p.add_argument("--weights", type=Path, required=True, help=".weights, .pt or sparse file")
+    p.add_argument(
+        "--weights", type=Path, required=True, help=".weights, .pt, .sparse or .onnx file"
+    )
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     p.add_argument("--split", help="dataset split (default: test; detection: the first val*)")
     p.add_argument("--batch-size", type=int, help="images per batch (default 500; detection 8)")
@@ -69,6 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--letterbox", action="store_true", default=None, help="detection: letterbox")
     p.add_argument("--save-detections", type=Path, help="detection: write COCO results JSON")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_runtime_argument(p)
     p.add_argument("--out", type=Path, help="write the metrics as JSON to this file")
     p.set_defaults(func=run)
 
@@ -89,6 +94,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         nms=args.nms,
         letterbox=args.letterbox,
         save_detections=args.save_detections,
+        runtime=args.runtime,
     )
 
 
@@ -100,6 +106,19 @@ load_model = models.load_model  # the CLI's name for it; detect and prune use it
 def size_metrics(model: nn.Module) -> dict[str, Any]:
     """Parameter counts and the sparsity of the conv+fc weights."""
     from yolo_prune.eval.profile import param_stats, weight_names
+
+    own = getattr(model, "size_figures", None)  # a model in another runtime counts its own
+    if callable(own):
+        f = own()
+        return {
+            "params_total": f["params"],
+            "params_nonzero": f["nonzero_params"],
+            "params_sparsity": f["params_sparsity"],
+            "weights_total": f["weights"],
+            "weights_nonzero": f["nonzero_weights"],
+            "sparsity": f["sparsity"],
+            "compression": f["weights"] / max(f["nonzero_weights"], 1),
+        }
 
     params = param_stats(model)
     weights = param_stats(model, weight_names(model))
@@ -188,6 +207,7 @@ def _detection(model: nn.Module, opts: EvalOptions) -> dict[str, Any]:
         nms=opts.nms,
         batch_size=opts.batch_size or 8,
         device=opts.device,
+        runtime=opts.runtime,
         detections_path=opts.save_detections,
         progress=True,
     )

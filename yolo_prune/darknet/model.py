@@ -108,8 +108,9 @@ class Darknet(nn.Module):
         step = self.graph.max_stride
         if not self.is_detector or height % step or width % step or min(height, width) < step:
             _, h, w = self.input_shape
+            examples = ", ".join(str(step * k) for k in (10, 13, 19))
             valid = (
-                f"multiples of {step} pixels (e.g. {', '.join(str(step * k) for k in (10, 13, 19))})"
+                f"multiples of {step} pixels (e.g. {examples})"
                 if self.is_detector
                 else f"{w}x{h} only (a classifier's layers are sized for its input)"
             )

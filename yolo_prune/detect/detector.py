@@ -118,7 +118,13 @@ class Detector:
         multi_label: a box may carry several classes above ``conf`` (as Darknet does).
         max_det: most detections kept per image.
         device: torch device to run on.
-        optimize: run an inference copy (:func:`prepare_for_inference`) instead of ``model``.
+        optimize: run an inference copy (:func:`prepare_for_inference`) instead of ``model``
+            (runtime torch).
+        runtime: ``torch``, ``onnxruntime``, ``opencv`` or ``auto`` (the fastest of them for
+            this model on this machine, timed side by side; see
+            :func:`yolo_prune.runtime.build_runtime`); ``None``: torch, or the runtime a model
+            is bound to (an ``.onnx`` file's :class:`~yolo_prune.runtime.OnnxRuntimeModel`).
+        compile_mish: torch runtime: compiled mish (``None``: for mish models on the CPU).
     """
 
     def __init__(
@@ -133,6 +139,8 @@ class Detector:
         max_det: int = 300,
         device: torch.device | str = "cpu",
         optimize: bool = True,
+        runtime: str | None = None,
+        compile_mish: bool | None = None,
     ):
         if not 0.0 <= conf < 1.0:
             raise ConfigError(f"conf {conf}; expected a score threshold in [0, 1)")
@@ -143,8 +151,19 @@ class Detector:
         if not getattr(model, "is_detector", True):
             raise ConfigError("this model has no [yolo] layers: it is not a detector")
         resized = with_input_size(model, size)
-        if optimize:
-            resized = prepare_for_inference(resized, inplace=resized is not model)
+        bound = getattr(model, "runtime_name", None)
+        self.runtime = runtime or bound or "torch"
+        self.runtime_latency_ms: dict[str, float] = {}  # what `auto` measured, batch 1
+        if self.runtime != "torch" or bound is not None:
+            from yolo_prune.runtime import build_runtime
+
+            choice = build_runtime(resized, self.runtime, device=device, compile_mish=compile_mish)
+            self.runtime, self.runtime_latency_ms = choice.name, choice.latency_ms
+            resized = choice.model
+        elif optimize:
+            resized = prepare_for_inference(
+                resized, inplace=resized is not model, compile_mish=compile_mish
+            )
         else:
             resized.eval()
         self.model = resized.to(device)
@@ -183,9 +202,9 @@ class Detector:
     @property
     def classes(self) -> int:
         """Number of classes the model predicts."""
-        yolo = getattr(self.model, "yolo_indices", None)
-        if yolo:
-            return int(self.model.layers[yolo[0]].classes)
+        classes = getattr(self.model, "num_classes", None)
+        if classes is not None:
+            return int(classes)
         raise AttributeError("the model does not say how many classes it has")
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[ImageTransform]]:

@@ -142,5 +142,4 @@ def model_letterbox(model: object, letterbox: bool | None) -> bool:
     """``letterbox`` if given, else the cfg's ``letter_box`` (False for a model without one)."""
     if letterbox is not None:
         return bool(letterbox)
-    sections = getattr(model, "sections", None)
-    return bool(sections[0].get("letter_box", 0)) if sections else False
+    return bool(getattr(model, "letter_box", False))

@@ -144,6 +144,7 @@ def evaluate_detector(
     latency_runs: int = 10,
     detections_path: str | Path | None = None,
     progress: bool = False,
+    runtime: str | None = None,
 ) -> dict[str, Any]:
     """COCO AP, sizes, GFLOPs and speed of a detector on a detection dataset.
 
@@ -164,6 +165,9 @@ def evaluate_detector(
         latency_runs: fewest timed passes per batch size.
         detections_path: also write the COCO result dicts here as JSON.
         progress: show a tqdm bar.
+        runtime: where the model runs: ``torch``, ``onnxruntime``, ``opencv`` or ``auto`` (see
+            :func:`yolo_prune.runtime.build_runtime`); ``None``: torch, or the runtime the model
+            is bound to.
 
     Returns:
         A JSON-ready dict: ``AP``, ``AP50``, ``AP75`` (and the other COCOeval figures, in [0, 1]),
@@ -185,8 +189,12 @@ def evaluate_detector(
         else load_detection_dataset(dataset, split=split)
     )
     sized = with_input_size(model, size)
-    figures = size_figures(sized)
-    detector = Detector(sized, letterbox=letterbox, conf=conf, nms=nms, device=device)
+    # A model in another runtime (an .onnx file) counts its own parameters and FLOPs.
+    own = getattr(sized, "size_figures", None)
+    figures = own() if callable(own) else size_figures(sized)
+    detector = Detector(
+        sized, letterbox=letterbox, conf=conf, nms=nms, device=device, runtime=runtime
+    )
     try:
         classes = detector.classes
     except AttributeError:
@@ -212,6 +220,8 @@ def evaluate_detector(
         "letterbox": detector.letterbox,
         "conf": conf,
         "nms": nms,
+        "runtime": detector.runtime,
+        "runtime_latency_ms": detector.runtime_latency_ms,
     }
     metrics.update(coco_map(data.gt, results, image_ids=image_ids))
     metrics.update(figures)
@@ -273,6 +283,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         (f"latency batch {metrics['batch_size']}",
          f"{num(metrics['latency_ms_batched'], '.1f')} ms, "
          f"{num(metrics['fps_batched'], '.1f')} FPS"),
+        ("runtime", metrics.get("runtime", "torch")),
         ("device", metrics["device"]),
     ]  # fmt: skip
     width = max(len(k) for k, _ in rows)

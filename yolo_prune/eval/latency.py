@@ -47,12 +47,34 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU flags that decide which kernels a runtime can use: AVX2 and AVX-512 for float
+# convolutions, VNNI and AMX for INT8 (without them an INT8 model may be no faster than float).
+_VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+
+
+def vector_extensions() -> str:
+    """The CPU's vector extensions among :data:`_VECTOR_FLAGS`, e.g. ``"avx2 avx512f"``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return " ".join(x for x in _VECTOR_FLAGS if x in flags) or "none of avx2+"
+    except OSError:
+        pass
+    return "unknown"
+
+
 def device_description(device: torch.device | str = "cpu") -> str:
-    """``"cpu: <CPU model>, <n> threads (<m> cores)"`` or ``"cuda:0: <GPU name>"``."""
+    """``"cpu: <CPU model> [<vector extensions>], <n> threads (<m> cores)"`` or
+    ``"cuda:0: <GPU name>"``."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return f"{dev}: {torch.cuda.get_device_name(dev)}"
-    return f"cpu: {_cpu_name()}, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
+    return (
+        f"cpu: {_cpu_name()} [{vector_extensions()}], {torch.get_num_threads()} threads "
+        f"({os.cpu_count()} cores)"
+    )
 
 
 def time_calls(

@@ -1,8 +1,9 @@
 """Loading a (pruned) model from any weights file the tool writes or reads.
 
 ``.weights`` (Darknet), a PyTorch state dict (``.pt``/``.pth``, loaded with
-``weights_only=True``: a checkpoint is untrusted input), or a sparse file from
-:func:`yolo_prune.prune.sparse.save_sparse`, which may carry its cfg.
+``weights_only=True``: a checkpoint is untrusted input), a sparse file from
+:func:`yolo_prune.prune.sparse.save_sparse`, which may carry its cfg, or an exported ``.onnx``
+detector (float or INT8), which runs in ONNX Runtime and needs no cfg.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ def load_model(
     require_file(weights, "weights file")
     if cfg is not None:
         require_file(cfg, "cfg file")
+    if weights.suffix.lower() == ".onnx":
+        from yolo_prune.runtime import load_onnx_model
+
+        model = load_onnx_model(weights)
+        if size is not None and size != model.input_shape[1]:
+            raise ConfigError(
+                f"{weights.name} runs at {model.input_shape[2]}x{model.input_shape[1]} only (its "
+                "input size is fixed at export); drop --size or export it again at that size"
+            )
+        return model, "onnx"
     if is_sparse_file(weights):
         state, meta = load_sparse(weights)
         if cfg is not None:
