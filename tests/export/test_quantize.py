@@ -217,3 +217,45 @@ def test_a_file_that_is_not_onnx_is_a_data_error(fastest, tmp_path, content, mes
         quantize.quantize_onnx_int8(src, tmp_path / "q.onnx", calibration=fastest["batches"])
     assert "\n" not in str(info.value)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_edge_padding_gives_the_max_pool_the_same_maxima_as_minus_infinity(tmp_path):
+    from onnx import TensorProto, helper
+
+    pads = helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 0, 0, 0, 0, 1, 1])
+    value = helper.make_tensor("value", TensorProto.FLOAT, [], [float("-inf")])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Pad", ["x", "pads", "value"], ["p"], name="pad", mode="constant"),
+            helper.make_node("MaxPool", ["p"], ["y"], name="pool", kernel_shape=[2, 2]),
+        ],
+        "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 5, 7])],
+        initializer=[pads, value],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = -np.abs(np.random.default_rng(0).normal(size=(1, 2, 5, 7))).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert quantize.edge_pad_max_pools_(model) == 1
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)  # negative inputs: a 0 pad would show
+
+
+def test_a_minus_infinity_max_pool_pad_quantizes_to_finite_scales(repo_cfg, randomize, tmp_path):
+    from onnx import numpy_helper
+
+    from yolo_prune.darknet import Darknet
+
+    model = randomize(Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=96))
+    float_path, int8_path = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    export_onnx(model, float_path, input_shape=model.input_shape)
+    rng = np.random.default_rng(1)
+    batches = [rng.random((1, 3, 96, 96), dtype=np.float32) for _ in range(2)]
+    summary = quantize.quantize_onnx_int8(float_path, int8_path, calibration=batches)
+    proto = onnx.load(str(int8_path))
+    assert summary["quantized_convs"] == sum(n.op_type == "Conv" for n in proto.graph.node)
+    for init in proto.graph.initializer:
+        assert np.isfinite(numpy_helper.to_array(init).astype(np.float64)).all(), init.name
+    y = _session(int8_path).run(None, {"images": batches[0]})[0]
+    assert np.isfinite(y).all() and y[..., 4].max() > 0
