@@ -44,11 +44,13 @@ percentile, heads float                yolov3-tiny 42.98  +1.11         1.67x
 minmax, 16 images, heads int8          yolov3-tiny 41.43  -0.44         1.67x
 minmax, per-tensor, heads int8         yolov3-tiny 41.05  -0.82         1.70x
 minmax, reduce_range, heads int8       yolov3-tiny 42.24  +0.37         1.73x
+minmax, no quant_pre_process           yolov3-tiny 42.62  +0.75         1.45x
 float                                  fastest-xl  42.70
 minmax, heads int8                     fastest-xl  33.08  -9.62         1.03x
 minmax, heads float (default)          fastest-xl  36.05  -6.65         0.99x
 entropy, heads int8                    fastest-xl  33.08  -9.62         0.82x
 percentile, heads int8                 fastest-xl  38.45  -4.25         1.10x
+percentile, heads float                fastest-xl  37.69  -5.01         0.95x
 minmax, 16 / 128 images, heads int8    fastest-xl  33.87 / 33.53    1.02x / 1.11x
 minmax, per-tensor, heads int8         fastest-xl  33.63  -9.07         1.06x
 minmax, reduce_range, heads int8       fastest-xl  33.69  -9.01         1.21x
