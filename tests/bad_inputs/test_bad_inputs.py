@@ -41,7 +41,7 @@ from yolo_prune.prune.registry import load_recipe
 HERE = Path(__file__).resolve().parent
 TINY = HERE / "tiny.cfg"
 CASES = yaml.safe_load((HERE / "cases.yaml").read_text(encoding="utf-8"))
-KINDS = ("cfg", "weights", "image", "label", "checkpoint", "recipe")
+KINDS = ("cfg", "weights", "image", "label", "checkpoint", "recipe", "onnx")
 NUM_CLASSES = 80  # the label reader's class count: what `eval` uses for YOLO txt (COCO ids)
 
 
@@ -312,6 +312,21 @@ def make_recipe_missing(tmp: Path, good: Good) -> Path:
     return tmp / "missing.yaml"
 
 
+@maker
+def make_onnx_empty(tmp: Path, good: Good) -> Path:
+    return _write(tmp / "empty.onnx", b"")
+
+
+@maker
+def make_onnx_given_weights(tmp: Path, good: Good) -> Path:
+    return _write(tmp / "tiny.weights.onnx", good.weights)
+
+
+@maker
+def make_onnx_missing(tmp: Path, good: Good) -> Path:
+    return tmp / "missing.onnx"
+
+
 # --- readers: what the library does with each kind ----------------------------------------------
 
 
@@ -334,6 +349,11 @@ def _read(kind: str, path: Path, detector: Detector) -> None:
         load_checkpoint(path)
     elif kind == "recipe":
         load_recipe(path)
+    elif kind == "onnx":
+        from yolo_prune.export.quantize import quantize_onnx_int8
+
+        calibration = [np.zeros((1, 3, 32, 32), dtype=np.float32)]
+        quantize_onnx_int8(path, path.with_name("int8.onnx"), calibration=calibration)
     else:  # pragma: no cover - the table is checked below
         raise AssertionError(kind)
 

@@ -1,0 +1,269 @@
+"""INT8 export: ORT static quantization of the real Yolo-Fastest, decode kept float."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from yolo_prune.cli.main import main
+from yolo_prune.errors import ConfigError, DataError
+from yolo_prune.export import export_onnx
+from yolo_prune.jobs.models import load_model
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+quantize = pytest.importorskip("yolo_prune.export.quantize")
+
+SIZE = 320
+CALIB_IMAGES = 8  # enough for the property tests; the measured models used 64
+METADATA = {"classes": "80", "input_size": "320x320", "names": "person,bicycle"}
+
+
+def _fastest(shared_data: Path) -> tuple[Path, Path]:
+    return (
+        shared_data / "cfg" / "yolo-fastest-1.1-xl.cfg",
+        shared_data / "weights" / "yolo-fastest-1.1-xl.weights",
+    )
+
+
+@pytest.fixture(scope="module")
+def fastest(shared_data, tmp_path_factory) -> dict:
+    """Float and INT8 ONNX of Yolo-Fastest-1.1-xl at 320, the float one with metadata."""
+    root = tmp_path_factory.mktemp("int8")
+    model, _ = load_model(*_fastest(shared_data), size=SIZE)
+    float_path, int8_path = root / "float.onnx", root / "int8.onnx"
+    export_onnx(model, float_path, input_shape=model.input_shape)
+    proto = onnx.load(str(float_path))
+    for key, value in METADATA.items():  # what the export's own metadata will look like
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(float_path))
+    batches = quantize.calibration_batches(model, shared_data / "coco128", images=CALIB_IMAGES)
+    summary = quantize.quantize_onnx_int8(float_path, int8_path, calibration=batches)
+    return {"float": float_path, "int8": int8_path, "summary": summary, "batches": batches}
+
+
+def _producers(proto) -> dict:
+    return {out: node for node in proto.graph.node for out in node.output}
+
+
+def _session(path: Path):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def test_calibration_batches_are_training_images_in_the_model_geometry(fastest):
+    batches = fastest["batches"]
+    assert len(batches) == CALIB_IMAGES
+    for b in batches:
+        assert b.shape == (1, 3, SIZE, SIZE) and b.dtype == np.float32
+        assert b.flags.c_contiguous and b.min() >= 0.0 and b.max() <= 1.0
+
+
+def test_every_convolution_but_the_heads_runs_on_int8_weights_and_inputs(fastest):
+    proto = onnx.load(str(fastest["int8"]))
+    producers = _producers(proto)
+    heads = set(fastest["summary"]["head_convs"])
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(heads) == 2 and fastest["summary"]["quantized_convs"] == len(convs) - 2
+    inits = {i.name for i in proto.graph.initializer}
+    for conv in convs:
+        data, weight = producers[conv.input[0]], producers.get(conv.input[1])
+        assert data.op_type == "DequantizeLinear", conv.name  # every conv reads int8 data
+        if conv.name in heads:
+            assert conv.input[1] in inits, conv.name  # float weights, no DequantizeLinear
+        else:
+            assert weight.op_type == "DequantizeLinear", conv.name
+    kinds = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
+    _session(fastest["int8"])  # ORT accepts it (QDQ fused into QLinearConv at load)
+
+
+def test_the_decode_stays_float(fastest):
+    float_proto, int8_proto = onnx.load(str(fastest["float"])), onnx.load(str(fastest["int8"]))
+    heads, decode = quantize.find_head(float_proto)
+    assert len(heads) == 2  # Yolo-Fastest has two [yolo] layers
+    ops = {n.op_type for n in float_proto.graph.node if n.name in decode}
+    assert {"Sigmoid", "Exp", "Concat"} <= ops and "Conv" not in ops
+    by_name = {n.name: n for n in int8_proto.graph.node}
+    consumers: dict[str, list] = {}
+    for node in int8_proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    producers = _producers(int8_proto)
+    float_decode = set(fastest["summary"]["float_nodes"])
+    for name in float_decode:
+        node = by_name[name]
+        # Nothing the decode computes is re-quantized, and its math reads float tensors.
+        for out in node.output:
+            assert all(c.op_type != "QuantizeLinear" for c in consumers.get(out, [])), name
+        if node.op_type in ("Sigmoid", "Exp", "Mul", "Add"):
+            srcs = [producers[i] for i in node.input if i in producers]
+            assert all(s.op_type != "DequantizeLinear" for s in srcs), name
+    (output,) = int8_proto.graph.output
+    assert producers[output.name].name in float_decode
+
+
+def test_metadata_is_kept_and_marked(fastest):
+    props = {p.key: p.value for p in onnx.load(str(fastest["int8"])).metadata_props}
+    assert {k: props[k] for k in METADATA} == METADATA
+    assert props["quantization"] == "int8-qdq"
+
+
+def test_outputs_stay_close_to_the_float_model_on_a_real_image(fastest, shared_data):
+    from yolo_prune.data.images import load_image
+    from yolo_prune.detect.preprocess import preprocess
+
+    x, _ = preprocess([load_image(shared_data / "images" / "dog.jpg")], SIZE)
+    x = x.contiguous().numpy()
+    want = _session(fastest["float"]).run(None, {"images": x})[0][0]
+    got = _session(fastest["int8"]).run(None, {"images": x})[0][0]
+    assert got.shape == want.shape and got.dtype == np.float32
+    top = np.argsort(-want[:, 4])[:10]
+    assert want[top, 4].min() > 0.9  # the dog, the bicycle and the truck, seen from 10 rows
+    # Tolerances from the measured error (heads float; dog, horses, person): the objectness of
+    # the float model's 10 surest rows moved by at most 0.16 and their centres by at most
+    # 4.2 px (8-bit activations through 80 convs of a depthwise network). Above that margin
+    # sits what a broken scale or a missing dequantization does: objectness collapses to 0
+    # (yolov3-tiny's inf scales) or to a constant.
+    np.testing.assert_allclose(got[top, 4], want[top, 4], atol=0.25, rtol=0)
+    np.testing.assert_allclose(got[top, :2], want[top, :2], atol=10.0, rtol=0)
+    assert np.abs(got[:, 4] - want[:, 4]).mean() < 0.01  # and the background stays background
+
+
+def test_int8_heads_quantize_the_head_convolutions_too(fastest, tmp_path):
+    out = tmp_path / "heads.onnx"
+    summary = quantize.quantize_onnx_int8(
+        fastest["float"],
+        out,
+        calibration=fastest["batches"][:2],
+        keep_float_heads=False,
+        preprocess=False,
+    )
+    proto = onnx.load(str(out))
+    producers = _producers(proto)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert summary["quantized_convs"] == len(convs)
+    for conv in convs:
+        assert producers[conv.input[1]].op_type == "DequantizeLinear", conv.name
+    assert not set(summary["head_convs"]) & set(summary["float_nodes"])
+
+
+def test_export_cli_writes_int8(shared_data, tmp_path, capsys):
+    cfg, weights = _fastest(shared_data)
+    out = tmp_path / "fastest-int8.onnx"
+    args = ["export", "--cfg", str(cfg), "--weights", str(weights), "--size", str(SIZE),
+            "--int8", "--calib", str(shared_data / "coco128"), "--calib-images", "2",
+            "--calib-split", "train2017", "--int8-heads", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "INT8 QDQ" in printed and "int8 heads" in printed
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+    proto = onnx.load(str(out))
+    assert {p.key: p.value for p in proto.metadata_props}["quantization"] == "int8-qdq"
+    x = np.zeros((2, 3, SIZE, SIZE), dtype=np.float32)
+    (y,) = _session(out).run(None, {"images": x})
+    assert y.shape == (2, 3 * (20 * 20 + 10 * 10), 85)  # the dynamic batch survives
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--int8"], "--int8 needs calibration images: add --calib DATA"),
+        (["--int8", "--calib", "DATA", "--format", "darknet"], "--int8 writes ONNX"),
+        (["--calib", "DATA"], "only apply with --int8"),
+        (["--int8", "--calib", "DATA", "--calib-images", "0"], "--calib-images 0"),
+        (["--int8", "--calib", "DATA", "--calib-method", "kl"], "unknown calibration method"),
+    ],
+)
+def test_export_cli_refuses_bad_int8_options(shared_data, tmp_path, capsys, extra, message):
+    cfg, weights = _fastest(shared_data)
+    extra = [str(shared_data / "coco128") if a == "DATA" else a for a in extra]
+    args = ["export", "--cfg", str(cfg), "--weights", str(weights),
+            "--out", str(tmp_path / "m.onnx"), *extra]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("yolo-prune export: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_no_calibration_images_is_a_config_error(fastest, tmp_path):
+    with pytest.raises(ConfigError, match=r"^no calibration images; give training images"):
+        quantize.quantize_onnx_int8(fastest["float"], tmp_path / "q.onnx", calibration=[])
+    with pytest.raises(ConfigError, match=r"expected a positive number"):
+        quantize.calibration_batches(None, tmp_path, images=0)
+
+
+def test_calibration_of_the_wrong_size_is_a_data_error(fastest, tmp_path):
+    wrong = [np.zeros((1, 3, 416, 416), dtype=np.float32)]
+    with pytest.raises(
+        DataError,
+        match=r"float\.onnx: calibration batch 0 is float32 \[1, 3, 416, 416\]; the model takes float32 \[Bx3x320x320\]",
+    ):  # noqa: E501
+        quantize.quantize_onnx_int8(fastest["float"], tmp_path / "q.onnx", calibration=wrong)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"this is not a model\n" * 10,
+            r"^weights\.onnx: not an ONNX model \(.*\); export one with",
+        ),  # noqa: E501
+        (b"", r"^weights\.onnx: not an ONNX model \(no graph\)"),
+    ],
+)
+def test_a_file_that_is_not_onnx_is_a_data_error(fastest, tmp_path, content, message):
+    src = tmp_path / "weights.onnx"
+    src.write_bytes(content)
+    with pytest.raises(DataError, match=message) as info:
+        quantize.quantize_onnx_int8(src, tmp_path / "q.onnx", calibration=fastest["batches"])
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_edge_padding_gives_the_max_pool_the_same_maxima_as_minus_infinity(tmp_path):
+    from onnx import TensorProto, helper
+
+    pads = helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 0, 0, 0, 0, 1, 1])
+    value = helper.make_tensor("value", TensorProto.FLOAT, [], [float("-inf")])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Pad", ["x", "pads", "value"], ["p"], name="pad", mode="constant"),
+            helper.make_node("MaxPool", ["p"], ["y"], name="pool", kernel_shape=[2, 2]),
+        ],
+        "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 5, 7])],
+        initializer=[pads, value],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = -np.abs(np.random.default_rng(0).normal(size=(1, 2, 5, 7))).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert quantize.edge_pad_max_pools_(model) == 1
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)  # negative inputs: a 0 pad would show
+
+
+def test_a_minus_infinity_max_pool_pad_quantizes_to_finite_scales(repo_cfg, randomize, tmp_path):
+    from onnx import numpy_helper
+
+    from yolo_prune.darknet import Darknet
+
+    model = randomize(Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=96))
+    float_path, int8_path = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    export_onnx(model, float_path, input_shape=model.input_shape)
+    rng = np.random.default_rng(1)
+    batches = [rng.random((1, 3, 96, 96), dtype=np.float32) for _ in range(2)]
+    summary = quantize.quantize_onnx_int8(
+        float_path, int8_path, calibration=batches, keep_float_heads=False
+    )
+    proto = onnx.load(str(int8_path))
+    assert summary["quantized_convs"] == sum(n.op_type == "Conv" for n in proto.graph.node)
+    for init in proto.graph.initializer:
+        assert np.isfinite(numpy_helper.to_array(init).astype(np.float64)).all(), init.name
+    y = _session(int8_path).run(None, {"images": batches[0]})[0]
+    assert np.isfinite(y).all() and y[..., 4].max() > 0
