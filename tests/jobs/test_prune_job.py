@@ -80,6 +80,29 @@ def test_report_figures_match_the_saved_weights(admm_run):
     assert f"{report['pruned']['nonzero_params']:,}" in md
 
 
+def test_deployable_files_are_scored_timed_and_sized(admm_run):
+    out, report = admm_run
+    for name in ("pruned.onnx", "pruned-int8.onnx"):
+        model, fmt = load_model(None, out / name)
+        assert fmt == "onnx" and model.input_shape == (3, 64, 64) and model.num_classes == 2
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "pruned-int8.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert report["int8"]["AP50"] is not None
+    dense_ms = report["dense"]["latency_ms_by_runtime"]
+    assert set(dense_ms) == {"torch", "onnxruntime", "opencv"}
+    assert all(isinstance(v, float) and v > 0 for v in dense_ms.values())
+    assert list(report["int8"]["latency_ms_by_runtime"]) == ["onnxruntime"]
+    assert report["dense"]["latency_ms"] == min(dense_ms.values())
+    md = (out / "report.md").read_text()
+    files = report["files"]
+    ratio = report["dense_weights_bytes"] / files["pruned-int8.onnx"]
+    assert f"| pruned-int8.onnx | {files['pruned-int8.onnx']:,} | {ratio:.1f}x |" in md
+    assert files["pruned.sparse (zlib)"] < files["pruned.sparse"]
+    assert "| latency (ms, batch 1), onnxruntime |" in md
+
+
 def test_sparse_file_reloads_to_the_same_model(admm_run):
     out, _ = admm_run
     dense_layout = Darknet.from_cfg(TINY_CFG, size=64)

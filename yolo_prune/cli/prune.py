@@ -37,6 +37,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--no-latency", action="store_true", help="skip FPS timing")
+    p.add_argument(
+        "--no-deploy",
+        action="store_true",
+        help="skip the deployable files (pruned.onnx, pruned-int8.onnx) and their figures",
+    )
+    p.add_argument(
+        "--calib-images",
+        type=int,
+        default=64,
+        help="training images that calibrate pruned-int8.onnx (default 64)",
+    )
     p.add_argument("--max-val-images", type=int, help="evaluate on the first N images only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -125,6 +136,8 @@ def job_inputs(args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, An
     for what, folder in (("--data", data), ("--val", val)):
         if not Path(folder).is_dir():
             raise ConfigError(f"{what} {folder}: no such dataset folder")
+    if args.calib_images < 1:
+        raise ConfigError(f"--calib-images {args.calib_images}; expected a positive integer")
     if args.max_val_images is not None and args.max_val_images < 1:
         raise ConfigError(f"--max-val-images {args.max_val_images}; expected a positive integer")
     return {"cfg": Path(cfg), "weights": Path(weights), "data": Path(data), "val": Path(val)}
@@ -146,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         latency=not args.no_latency,
+        deploy=not args.no_deploy,
+        calib_images=args.calib_images,
         val_split=args.val_split,
         max_val_images=args.max_val_images,
     )

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         latency=not args.no_latency,
+        deploy=not args.no_deploy,
+        calib_images=args.calib_images,
         val_split=args.val_split,
         max_val_images=args.max_val_images,
     )

@@ -14,8 +14,11 @@ Files written under ``out`` (each atomically; the reports last, so a report mean
     pruned.weights          Darknet weights of the pruned model, dense layout, zeros in place
     pruned.sparse           the same, compactly (yolo-prune eval/detect read it)
     pruned-shrunk.cfg/.weights   structured methods: the physically smaller model
+    pruned.onnx             the model that ships (shrunk if channels went, else pruned), float
+    pruned-int8.onnx        the same, static INT8 (QDQ), calibrated on the training images
     layer_sparsity.png      the pruned fraction of every layer
-    report.json, report.md  dense vs pruned: AP, AP50, params, sparsity, GFLOPs, FPS, sizes
+    report.json, report.md  dense vs pruned: AP, AP50, params, sparsity, GFLOPs, latency in
+                            every installed runtime (side by side), deployable file sizes
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class PruneJobConfig:
     dense_metrics: Mapping[str, Any] | None = None  # figures of the dense model, if known
     extra_train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig overrides (tests)
     keep_checkpoints: bool = False  # keep phases/*/last.pt after a finished run (100s of MB)
+    deploy: bool = True  # write pruned.onnx and pruned-int8.onnx, score and time the INT8 one
+    calib_images: int = 64  # training images that calibrate the INT8 model
 
 
 def phase_settings(recipe: Mapping[str, Any], phase: str) -> dict[str, Any]:
@@ -214,10 +219,21 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         shrunk_metrics = evaluate(shrunk_model)
     else:
         shrunk_model = shrunk_metrics = None
+    int8_model = int8_metrics = None
+    if config.deploy:
+        shipped = shrunk_model if shrunk_model is not None else model
+        int8_path, deploy_files = write_deployables(shipped, out, config, letterbox=letterbox)
+        files.update(deploy_files)
+        from yolo_prune.runtime import load_onnx_model
+
+        int8_model = load_onnx_model(int8_path)
+        int8_metrics = evaluate(int8_model)
     if config.latency and dense_model is not None:
-        timed = {"dense": dense_model, "pruned": model, "shrunk": shrunk_model}
+        timed = {"dense": dense_model, "pruned": model, "shrunk": shrunk_model, "int8": int8_model}
         speeds = time_side_by_side({k: v for k, v in timed.items() if v is not None}, config)
-        for name, metrics in (("dense", dense), ("pruned", pruned), ("shrunk", shrunk_metrics)):
+        columns = (("dense", dense), ("pruned", pruned), ("shrunk", shrunk_metrics),
+                   ("int8", int8_metrics))  # fmt: skip
+        for name, metrics in columns:
             if metrics is not None and name in speeds:
                 metrics.update(speeds[name])
     chart = out / "layer_sparsity.png"
@@ -241,7 +257,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "shrunk": _figures(shrunk_metrics, out / "pruned-shrunk.weights")
         if shrunk_metrics
         else None,
+        "int8": _figures(int8_metrics, out / "pruned-int8.onnx") if int8_metrics else None,
         "files": files,
+        "dense_weights_bytes": _darknet_bytes(dense_model) if dense_model is not None else None,
         "phases": phases,
         "history": json.loads(json.dumps(result.history, default=float)),
         "layers": layer_sparsity(model, result.masks),
@@ -259,21 +277,72 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
 def time_side_by_side(
     models: Mapping[str, nn.Module], config: PruneJobConfig
 ) -> dict[str, dict[str, Any]]:
-    """Batch-1 FPS of each model in inference form, timed in alternating rounds."""
+    """Batch-1 latency of each model in every installed runtime, timed in alternating rounds.
+
+    Returns ``{name: {"latency_ms_by_runtime": {runtime: ms or why not}, "latency_ms", "fps"}}``
+    where ``latency_ms``/``fps`` are the fastest runtime's (on a GPU: torch's alone).
+    """
     from yolo_prune.detect import prepare_for_inference
     from yolo_prune.eval.latency import compare_latency
 
-    ready = {}
-    for name, net in models.items():
-        ready[name] = prepare_for_inference(net).to(config.device)  # a copy; net untouched
-    shape = next(iter(models.values())).input_shape
-    results = compare_latency(ready, shape, device=config.device)
-    return {k: {"fps": r.fps, "latency_ms": r.latency_ms} for k, r in results.items()}
+    if torch.device(config.device).type != "cpu":
+        ready = {k: prepare_for_inference(v).to(config.device) for k, v in models.items()
+                 if getattr(v, "runtime_name", None) is None}  # fmt: skip
+        results = compare_latency(ready, next(iter(ready.values())).input_shape,
+                                  device=config.device)  # fmt: skip
+        return {k: {"fps": r.fps, "latency_ms": r.latency_ms,
+                    "latency_ms_by_runtime": {"torch": r.latency_ms}}
+                for k, r in results.items()}  # fmt: skip
+    from yolo_prune.runtime import time_runtimes
+
+    out = {}
+    for name, by_runtime in time_runtimes(models).items():
+        ms = {k: v for k, v in by_runtime.items() if isinstance(v, float)}
+        best = min(ms.values()) if ms else None
+        out[name] = {"latency_ms_by_runtime": by_runtime, "latency_ms": best,
+                     "fps": 1000.0 / best if best else None}  # fmt: skip
+    return out
+
+
+def write_deployables(
+    model: nn.Module, out: Path, config: PruneJobConfig, *, letterbox: bool | None
+) -> tuple[Path, dict[str, int]]:
+    """``pruned.onnx`` (float) and ``pruned-int8.onnx`` (static INT8, QDQ, calibrated on the
+    first ``config.calib_images`` training images); returns the INT8 path and the sizes of
+    both files and of ``pruned.sparse`` compressed with zlib (what a download would weigh)."""
+    import zlib
+
+    from yolo_prune.export.onnx import export_onnx
+    from yolo_prune.export.quantize import calibration_batches, quantize_onnx_int8
+
+    onnx_path, int8_path = out / "pruned.onnx", out / "pruned-int8.onnx"
+    export_onnx(model, onnx_path, input_shape=model.input_shape)
+    batches = calibration_batches(
+        model, config.data, images=config.calib_images, letterbox=letterbox
+    )
+    quantize_onnx_int8(onnx_path, int8_path, calibration=batches)
+    sparse = out / "pruned.sparse"
+    return int8_path, {
+        "pruned.onnx": onnx_path.stat().st_size,
+        "pruned-int8.onnx": int8_path.stat().st_size,
+        "pruned.sparse (zlib)": len(zlib.compress(sparse.read_bytes(), 9)),
+    }
+
+
+def _darknet_bytes(model: nn.Module) -> int:
+    """Size of ``model`` as a Darknet ``.weights`` file (the dense baseline of the ratios)."""
+    import io
+
+    from yolo_prune.darknet.weights import write_darknet_weights
+
+    buffer = io.BytesIO()
+    write_darknet_weights(model, buffer)
+    return buffer.tell()
 
 
 _FIGURES = (
     "AP", "AP50", "AP75", "params", "nonzero_params", "weights", "nonzero_weights", "sparsity",
-    "gflops", "gflops_nonzero", "fps", "latency_ms", "images", "device",
+    "gflops", "gflops_nonzero", "fps", "latency_ms", "latency_ms_by_runtime", "images", "device",
 )  # fmt: skip
 
 
@@ -398,10 +467,14 @@ _ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("conv weights sparsity (%)", "sparsity", _pct),
     ("GFLOPs (dense kernels)", "gflops", lambda v: _num(v, ".3f")),
     ("GFLOPs (non-zero weights)", "gflops_nonzero", lambda v: _num(v, ".3f")),
-    ("FPS (batch 1)", "fps", lambda v: _num(v, ".1f")),
-    ("latency (ms, batch 1)", "latency_ms", lambda v: _num(v, ".1f")),
+    ("FPS (batch 1, fastest runtime)", "fps", lambda v: _num(v, ".1f")),
     ("weights file (bytes)", "weights_bytes", _num),
 ]
+
+
+def _ms(figures: Mapping[str, Any], runtime: str) -> str:
+    v = (figures.get("latency_ms_by_runtime") or {}).get(runtime)
+    return "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else "n/a")
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -411,6 +484,8 @@ def format_report(report: Mapping[str, Any]) -> str:
         refit = report.get("refit_images")
         label = f"pruned, shrunk, refit on {refit} images" if refit else "pruned, shrunk"
         cols.append((label, report["shrunk"]))
+    if report.get("int8"):
+        cols.append(("shipped, INT8 (pruned-int8.onnx)", report["int8"]))
     lines = [
         f"# {Path(report['cfg']).stem}: {report['method']} at ratio {report['ratio']}",
         "",
@@ -419,7 +494,17 @@ def format_report(report: Mapping[str, Any]) -> str:
     ]
     for label, key, fmt in _ROWS:
         lines.append(f"| {label} | " + " | ".join(fmt(f.get(key)) for _, f in cols) + " |")
+    for runtime in ("torch", "onnxruntime", "opencv"):
+        lines.append(f"| latency (ms, batch 1), {runtime} | "
+                     + " | ".join(_ms(f, runtime) for _, f in cols) + " |")  # fmt: skip
     files = report["files"]
+    dense_bytes = report.get("dense_weights_bytes")
+    shipped = [k for k in ("pruned-shrunk.weights", "pruned.onnx", "pruned-int8.onnx",
+                           "pruned.sparse", "pruned.sparse (zlib)") if k in files]  # fmt: skip
+    if dense_bytes and shipped:
+        lines += ["", "| file | bytes | smaller than the dense .weights |", "|---|---:|---:|"]
+        lines.append(f"| dense .weights | {dense_bytes:,} | 1.0x |")
+        lines += [f"| {k} | {files[k]:,} | {dense_bytes / files[k]:.1f}x |" for k in shipped]
     lines += [
         "",
         f"Sparse file: {_num(files.get('pruned.sparse'))} bytes. "
