@@ -126,3 +126,36 @@ def test_engine_protocol_methods(repo_cfg):
             model.get_parameter(name)[ch] = 0
     prunable = [g for g in model.channel_map().groups if g.prunable]  # same order as groups
     assert model.zero_channel_groups() == {prunable[10].id}
+
+
+def test_cut_channels_are_folded_so_training_and_eval_agree_on_them(repo_cfg, randomize):
+    """After a hard cut, a zero filter's BN emits beta in training mode but beta minus
+    gamma * mean / std in eval mode; folded, both modes see exactly zero there."""
+    model = randomize(Darknet.from_cfg(repo_cfg / "yolov4-tiny.cfg", size=128))
+    cmap = model.channel_map()
+    cut = {g.id for g in cmap.groups if g.prunable and g.id % 3 == 0}
+    with torch.no_grad():
+        for gid in cut:
+            for layer, ch in cmap.groups[gid].producers:
+                model.layers[layer].conv.weight[ch].zero_()
+    outputs: dict[int, torch.Tensor] = {}
+    producers = {layer for gid in cut for layer, _ in cmap.groups[gid].producers}
+    hooks = [model.layers[i].register_forward_hook(lambda _m, _i, out, i=i: outputs.__setitem__(i, out))
+             for i in producers]  # fmt: skip
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+
+    def cut_outputs(train: bool) -> torch.Tensor:
+        model.train(train)
+        with torch.no_grad():
+            model(x)
+        return torch.stack([outputs[layer][:, ch].abs().max() for gid in cut
+                            for layer, ch in cmap.groups[gid].producers])  # fmt: skip
+
+    assert float(cut_outputs(False).max()) > 0.01  # not folded: the cut channels emit constants
+    assert model.fold_zero_channels_() == cut
+    state = copy.deepcopy(model.state_dict())
+    assert float(cut_outputs(True).max()) == 0.0
+    model.load_state_dict(state)  # undo the training-mode BN statistics update
+    assert float(cut_outputs(False).max()) == 0.0
+    for h in hooks:
+        h.remove()

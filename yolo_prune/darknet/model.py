@@ -225,6 +225,23 @@ class Darknet(nn.Module):
                 groups.add(grp.id)
         return groups
 
+    def fold_zero_channels_(self) -> set[int]:
+        """Make the channel groups whose filters are all zero output exactly zero, in place,
+        their constant outputs folded into the layers reading them
+        (:func:`~yolo_prune.darknet.surgery.fold_pruned_`); returns those group ids.
+
+        Call it after a hard structured cut and before fine-tuning: a zero filter's batch-norm
+        otherwise emits its shift in training mode (batch mean 0) but the shift minus
+        gamma * running mean / std in eval mode, so training and evaluation see two different
+        networks and the running mean drifts between them.
+        """
+        from yolo_prune.darknet.surgery import fold_pruned_
+
+        groups = self.zero_channel_groups()
+        if groups:
+            fold_pruned_(self, groups, self.channel_map())
+        return groups
+
     def _weight_name(self, layer: int) -> str:
         return f"layers.{layer}.{'conv' if hasattr(self.layers[layer], 'conv') else 'fc'}.weight"
 

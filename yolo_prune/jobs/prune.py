@@ -169,6 +169,12 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         if epochs < 1:
             return
         t0 = time.perf_counter()
+        if any(isinstance(getattr(h, "masks", None), Mapping) for h in hooks):
+            # Hard masks: channels cut whole must stay the same in training and eval mode.
+            fold = getattr(model, "fold_zero_channels_", None)
+            folded = fold() if fold is not None else set()
+            if folded:
+                logger.info("%d pruned channel groups folded before %s", len(folded), phase)
         settings = {**phase_settings(recipe, phase), **config.extra_train}
         try:
             train_config = TrainConfig(
