@@ -5,9 +5,10 @@
         --a runs/cpu_experiment/sweep/points/admm/r0.5 \\
         --b runs/cpu_experiment/sweep/points/magnitude/r0.5 [--samples 200] [--out cmp.json]
 
-Each of --a/--b is a `yolo-prune prune` output folder (its pruned.sparse carries the cfg) or a
-.sparse/.weights file (then --cfg). Prints AP50 of both, their difference and its 95% bootstrap
-interval over images (yolo_prune.eval.bootstrap).
+Each of --a/--b is a `yolo-prune prune` output folder (its pruned.sparse carries the cfg), a
+.sparse/.weights file (then --cfg), or an exported .onnx file (float or INT8, run in ONNX
+Runtime). Prints AP50 of both, their difference and its 95% bootstrap interval over images
+(yolo_prune.eval.bootstrap).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 from yolo_prune.data.coco import load_detection_dataset
-from yolo_prune.detect import Detector, prepare_for_inference
+from yolo_prune.detect import Detector
 from yolo_prune.eval.bootstrap import paired_bootstrap
 from yolo_prune.eval.detection import predict_dataset
 from yolo_prune.jobs.models import load_model
@@ -29,8 +30,8 @@ def predictions(path: Path, cfg: Path | None, data, size: int | None) -> tuple[l
     if size is None and report.is_file():  # the input size the run was evaluated at
         size = json.loads(report.read_text())["size"][0]
     model, _ = load_model(cfg, weights, size=size)
-    detector = Detector(prepare_for_inference(model, inplace=True), optimize=False,
-                        letterbox=False, conf=0.005)  # fmt: skip
+    # torch, or ONNX Runtime for an .onnx file (float or INT8)
+    detector = Detector(model, letterbox=False, conf=0.005)
     results, ids, _ = predict_dataset(detector, data)
     return results, ids
 
