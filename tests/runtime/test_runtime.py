@@ -101,15 +101,19 @@ def test_auto_on_a_gpu_device_is_torch_and_other_runtimes_are_refused(fastest):
         build_runtime(fastest, "onnxruntime", device="cuda")
 
 
-def test_mish_is_exported_with_one_exponential_and_matches_torch(tmp_path):
+@pytest.mark.parametrize("form", ["exp", "node", "softplus"])
+def test_every_mish_form_matches_torch(tmp_path, form):
     model = Darknet.from_cfg_text(MISH_CFG).eval()
     path = tmp_path / "mish.onnx"
-    export_onnx(model, path, input_shape=model.input_shape, names=["cat", "dog"])
+    export_onnx(model, path, input_shape=model.input_shape, names=["cat", "dog"], opset=18,
+                mish=form)  # fmt: skip
     import onnx
 
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert "Softplus" not in ops and "Tanh" not in ops and "Mish" not in ops
-    assert ops.count("Exp") >= 2  # one per mish layer (plus the decode's)
+    assert ops.count("Mish") == (2 if form == "node" else 0)
+    assert ops.count("Softplus") == (2 if form == "softplus" else 0)
+    if form == "exp":  # the default: one Exp per mish layer (plus the decode's), no Tanh
+        assert "Tanh" not in ops and ops.count("Exp") >= 3
     x = torch.randn(2, 3, 64, 64) * 8  # large inputs reach the clamp at 20
     runtime = load_onnx_model(path)
     torch.testing.assert_close(runtime(x), model(x), rtol=1e-4, atol=1e-4)

@@ -52,10 +52,28 @@ def _mish_one_exp(g, x):
     return g.op("Mul", x, g.op("Div", n, g.op("Add", n, two)))
 
 
+def _mish_node(g, x):
+    """ONNX graph of mish as opset 18's one ``Mish`` node."""
+    return g.op("Mish", x)
+
+
+# How mish reaches the file: "exp" (default, fastest in ONNX Runtime), "node" (one Mish node,
+# opset >= 18, for runtimes with a fused kernel), "softplus" (the exporter's own three nodes).
+MISH_FORMS = ("exp", "node", "softplus")
+
+
 @contextlib.contextmanager
-def _fast_mish_symbolic(opset: int) -> Iterator[None]:
-    """Export ``aten::mish`` as :func:`_mish_one_exp` for the duration of one export."""
-    torch.onnx.register_custom_op_symbolic("aten::mish", _mish_one_exp, opset)
+def _mish_symbolic(form: str, opset: int) -> Iterator[None]:
+    """Export ``aten::mish`` in ``form`` (see :data:`MISH_FORMS`) for one export."""
+    if form not in MISH_FORMS:
+        raise ValueError(f"mish form {form!r}; choose one of: {', '.join(MISH_FORMS)}")
+    if form == "node" and opset < 18:
+        raise ValueError(f"the Mish node needs opset 18 or later, not {opset}")
+    if form == "softplus":
+        yield
+        return
+    symbolic = _mish_one_exp if form == "exp" else _mish_node
+    torch.onnx.register_custom_op_symbolic("aten::mish", symbolic, opset)
     try:
         yield
     finally:
@@ -101,6 +119,7 @@ def export_onnx_bytes(
     input_name: str = "images",
     output_name: str = "detections",
     names: Sequence[str] | None = None,
+    mish: str = "exp",
 ) -> tuple[bytes, int]:
     """The ONNX model of :func:`export_onnx` as bytes, and its opset."""
     import onnx
@@ -112,7 +131,7 @@ def export_onnx_bytes(
     buffer = io.BytesIO()
     try:
         # Tracer chatter about constants is noise; the checker runs below.
-        with warnings.catch_warnings(), _fast_mish_symbolic(opset):
+        with warnings.catch_warnings(), _mish_symbolic(mish, opset):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
@@ -144,6 +163,7 @@ def export_onnx(
     input_name: str = "images",
     output_name: str = "detections",
     names: Sequence[str] | None = None,
+    mish: str = "exp",
 ) -> int:
     """Export ``model`` (eval mode) to ``path`` with a dynamic batch axis; returns the opset.
 
@@ -153,6 +173,7 @@ def export_onnx(
         input_shape: ``(channels, height, width)`` of one input image.
         opset: ONNX opset; default the newest the installed ``onnx`` and exporter share.
         names: class names to store in the file's metadata (one per class).
+        mish: how mish is written, one of :data:`MISH_FORMS` (see the module docstring).
     """
     data, opset = export_onnx_bytes(
         model,
@@ -161,6 +182,7 @@ def export_onnx(
         input_name=input_name,
         output_name=output_name,
         names=names,
+        mish=mish,
     )
     atomic_write_bytes(path, data)
     logger.info("wrote %s (opset %d)", path, opset)
