@@ -211,6 +211,87 @@ def find_head(model: Any) -> tuple[list[str], list[str]]:
     return names(heads), names(decode)
 
 
+# Activation ops a convolution may feed directly; a conv whose output reaches none is "linear".
+ACTIVATION_OPS = frozenset(
+    {"LeakyRelu", "Relu", "Sigmoid", "Tanh", "Mish", "Softplus", "HardSigmoid", "HardSwish", "Elu"}
+)
+# The kinds of node :func:`find_float_nodes` recognizes, by the name a user types.
+FLOAT_KINDS = ("depthwise", "linear", "activations")
+
+
+def check_float_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """``kinds`` as a tuple, each one of :data:`FLOAT_KINDS`.
+
+    Raises:
+        ConfigError: an unknown kind. A bare string is taken as one kind, not as letters.
+    """
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    for kind in kinds:
+        if kind not in FLOAT_KINDS:
+            raise ConfigError(
+                f"unknown kind of node to keep float {kind!r}; choose from: "
+                f"{', '.join(FLOAT_KINDS)}"
+            )
+    return kinds
+
+
+def _consumers(model: Any) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def _is_depthwise(model: Any, conv: Any) -> bool:
+    group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    weight = _constant(model, conv.input[1]) if len(conv.input) > 1 else None
+    # One input channel per group and more than one group: each filter sees one channel.
+    return group > 1 and weight is not None and weight.ndim == 4 and weight.shape[1] == 1
+
+
+def find_float_nodes(model: Any, kinds: Sequence[str], *, skip: Sequence[str] = ()) -> list[str]:
+    """The nodes of ``kinds`` in an ONNX detector, found by graph inspection (no names assumed).
+
+    Kinds (see :data:`FLOAT_KINDS`):
+
+    * ``"depthwise"``: convolutions with one input channel per group (``group > 1``), and the
+      activation each feeds alone, so that ORT can still fuse the two into one float kernel;
+    * ``"linear"``: convolutions whose output reaches no activation op (the 1x1 bottlenecks
+      before a residual add);
+    * ``"activations"``: every activation op (:data:`ACTIVATION_OPS`) that a convolution feeds.
+
+    Args:
+        model: an ``onnx.ModelProto`` whose nodes all have names.
+        kinds: the kinds to collect.
+        skip: node names never returned (the heads, which have their own switch).
+
+    Returns:
+        Node names in graph order, each once.
+
+    Raises:
+        ConfigError: an unknown kind.
+    """
+    kinds = check_float_kinds(kinds)
+    consumers = _consumers(model)
+    skipped = set(skip)
+    found: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.name in skipped:
+            continue
+        users = consumers.get(node.output[0], [])
+        activations = [u for u in users if u.op_type in ACTIVATION_OPS]
+        if "depthwise" in kinds and _is_depthwise(model, node):
+            found.add(node.name)
+            if len(users) == 1 and activations:
+                found.add(activations[0].name)
+        if "linear" in kinds and not activations:
+            found.add(node.name)
+        if "activations" in kinds:
+            found.update(a.name for a in activations)
+    return [n.name for n in model.graph.node if n.name in found]
+
+
 def _load_onnx(src: Path) -> Any:
     import onnx
 
@@ -330,6 +411,7 @@ def quantize_onnx_int8(
     *,
     calibration: Sequence[np.ndarray],
     keep_float_heads: bool = True,
+    keep_float: Sequence[str] = (),
     per_channel: bool = True,
     method: str = DEFAULT_METHOD,
     reduce_range: bool = False,
@@ -343,6 +425,8 @@ def quantize_onnx_int8(
         calibration: float32 input batches ``[B, 3, H, W]`` (usually ``B = 1``), RGB in [0, 1],
             pre-processed exactly as at inference (see :func:`calibration_batches`).
         keep_float_heads: also keep the convolutions that feed the ``[yolo]`` decode in float.
+        keep_float: kinds of node also kept float, found by graph inspection (one of
+            :data:`FLOAT_KINDS` each, see :func:`find_float_nodes`).
         per_channel: one weight scale per output channel (else one per tensor).
         method: activation-range calibration, one of :data:`CALIBRATION_METHODS`.
         reduce_range: 7-bit weights (for x86 cores without VNNI; costs accuracy elsewhere).
@@ -350,11 +434,12 @@ def quantize_onnx_int8(
 
     Returns:
         A summary: ``method``, ``per_channel``, ``reduce_range``, ``preprocess``,
-        ``calibration_images`` (inputs run), ``head_convs`` and ``float_nodes`` (names kept
-        float), ``quantized_convs`` (convs with int8 weights) and ``bytes`` (of ``dst``).
+        ``calibration_images`` (inputs run), ``keep_float`` (the kinds), ``head_convs`` and
+        ``float_nodes`` (names kept float: decode, heads, kinds), ``quantized_convs`` (convs with
+        int8 weights) and ``bytes`` (of ``dst``).
 
     Raises:
-        ConfigError: no calibration batches, or an unknown ``method``.
+        ConfigError: no calibration batches, an unknown ``method`` or kind in ``keep_float``.
         DataError: ``src`` is not an ONNX model, has no convolution before its output, or the
             batches do not fit its input.
     """
@@ -362,6 +447,7 @@ def quantize_onnx_int8(
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
     calibrate_method = calibration_method(method)
+    keep_float = check_float_kinds(keep_float)
     src, dst = Path(src), Path(dst)
     source = _load_onnx(src)
     input_name = _check_batches(source, calibration, src)
@@ -384,10 +470,14 @@ def quantize_onnx_int8(
                 path=src,
             )
         float_nodes = decode + heads if keep_float_heads else decode
+        kept = find_float_nodes(model, keep_float, skip=heads)
+        float_nodes += kept
         logger.info(
-            "keeping %d decode nodes%s float; %d head convs",
+            "keeping %d decode nodes%s and %d %s nodes float; %d head convs",
             len(decode),
-            " and the heads" if keep_float_heads else "",
+            ", the heads" if keep_float_heads else "",
+            len(kept),
+            "/".join(keep_float) or "other",
             len(heads),
         )
         out = Path(tmp) / "int8.onnx"
@@ -412,7 +502,8 @@ def quantize_onnx_int8(
     quantized.metadata_props.add(
         key="quantization_calibration",
         value=f"{method}, {len(calibration)} batches, per_channel={per_channel}, "
-        f"reduce_range={reduce_range}, float_heads={keep_float_heads}",
+        f"reduce_range={reduce_range}, float_heads={keep_float_heads}, "
+        f"keep_float={','.join(keep_float) or 'none'}",
     )
     data = quantized.SerializeToString()
     atomic_write_bytes(dst, data)
@@ -424,6 +515,7 @@ def quantize_onnx_int8(
         "reduce_range": reduce_range,
         "preprocess": preprocess,
         "calibration_images": len(calibration),
+        "keep_float": keep_float,
         "head_convs": heads,
         "float_nodes": float_nodes,
         "quantized_convs": sum(len(n.input) > 1 and n.input[1] in dequantized for n in convs),
