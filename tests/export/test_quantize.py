@@ -40,7 +40,9 @@ def fastest(shared_data, tmp_path_factory) -> dict:
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(float_path))
     batches = quantize.calibration_batches(model, shared_data / "coco128", images=CALIB_IMAGES)
-    summary = quantize.quantize_onnx_int8(float_path, int8_path, calibration=batches)
+    # Every conv but the heads int8 (the default keeps the linear bottlenecks float too, which
+    # the tests of keep_float cover), calibrated as by default.
+    summary = quantize.quantize_onnx_int8(float_path, int8_path, calibration=batches, keep_float=())
     return {"float": float_path, "int8": int8_path, "summary": summary, "batches": batches}
 
 
@@ -140,6 +142,7 @@ def test_int8_heads_quantize_the_head_convolutions_too(fastest, tmp_path):
         out,
         calibration=fastest["batches"][:2],
         keep_float_heads=False,
+        keep_float=(),
         preprocess=False,
     )
     proto = onnx.load(str(out))
@@ -160,6 +163,7 @@ def test_export_cli_writes_int8(shared_data, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "INT8 QDQ" in printed and "int8 heads" in printed
+    assert "linear nodes float, percentile 99.95 calibration" in printed  # the defaults
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
     proto = onnx.load(str(out))
     assert {p.key: p.value for p in proto.metadata_props}["quantization"] == "int8-qdq"
@@ -176,6 +180,13 @@ def test_export_cli_writes_int8(shared_data, tmp_path, capsys):
         (["--calib", "DATA"], "only apply with --int8"),
         (["--int8", "--calib", "DATA", "--calib-images", "0"], "--calib-images 0"),
         (["--int8", "--calib", "DATA", "--calib-method", "kl"], "unknown calibration method"),
+        (["--int8", "--calib", "DATA", "--int8-keep-float", "linear,dw"], "unknown kind"),
+        (
+            ["--int8", "--calib", "DATA", "--calib-method", "minmax", "--calib-percentile", "99"],
+            "--calib-percentile applies to --calib-method percentile, not minmax",
+        ),
+        (["--int8", "--calib", "DATA", "--calib-percentile", "0"], "calibration percentile 0.0"),
+        (["--int8-keep-float", "none"], "--int8-keep-float only apply with --int8"),
     ],
 )
 def test_export_cli_refuses_bad_int8_options(shared_data, tmp_path, capsys, extra, message):
@@ -355,3 +366,24 @@ def test_an_unknown_kind_to_keep_float_is_a_config_error(fastest, tmp_path):
             fastest["float"], tmp_path / "q.onnx", calibration=fastest["batches"], keep_float=["dw"]
         )
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_percentile_options_that_conflict_are_config_errors(fastest, tmp_path):
+    def quantize_with(**options):
+        quantize.quantize_onnx_int8(
+            fastest["float"], tmp_path / "q.onnx", calibration=fastest["batches"], **options
+        )
+
+    with pytest.raises(ConfigError, match=r"only applies to percentile calibration, not 'minmax'"):
+        quantize_with(method="minmax", percentile=99.9)
+    with pytest.raises(ConfigError, match=r"^calibration percentile 100\.5; expected a share"):
+        quantize_with(percentile=100.5)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_the_default_calibration_is_the_measured_best_percentile(fastest):
+    summary = fastest["summary"]
+    assert summary["method"] == "percentile" and summary["percentile"] == 99.95
+    props = {p.key: p.value for p in onnx.load(str(fastest["int8"])).metadata_props}
+    assert props["quantization_calibration"].startswith("percentile 99.95, 8 batches")
+    assert "keep_float=none" in props["quantization_calibration"]
