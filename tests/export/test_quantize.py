@@ -40,7 +40,9 @@ def fastest(shared_data, tmp_path_factory) -> dict:
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(float_path))
     batches = quantize.calibration_batches(model, shared_data / "coco128", images=CALIB_IMAGES)
-    summary = quantize.quantize_onnx_int8(float_path, int8_path, calibration=batches)
+    # Every conv but the heads int8 (the default keeps the linear bottlenecks float too, which
+    # the tests of keep_float cover), calibrated as by default.
+    summary = quantize.quantize_onnx_int8(float_path, int8_path, calibration=batches, keep_float=())
     return {"float": float_path, "int8": int8_path, "summary": summary, "batches": batches}
 
 
@@ -140,6 +142,7 @@ def test_int8_heads_quantize_the_head_convolutions_too(fastest, tmp_path):
         out,
         calibration=fastest["batches"][:2],
         keep_float_heads=False,
+        keep_float=(),
         preprocess=False,
     )
     proto = onnx.load(str(out))
@@ -160,6 +163,7 @@ def test_export_cli_writes_int8(shared_data, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "INT8 QDQ" in printed and "int8 heads" in printed
+    assert "linear nodes float, percentile 99.95 calibration" in printed  # the defaults
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
     proto = onnx.load(str(out))
     assert {p.key: p.value for p in proto.metadata_props}["quantization"] == "int8-qdq"
@@ -176,6 +180,13 @@ def test_export_cli_writes_int8(shared_data, tmp_path, capsys):
         (["--calib", "DATA"], "only apply with --int8"),
         (["--int8", "--calib", "DATA", "--calib-images", "0"], "--calib-images 0"),
         (["--int8", "--calib", "DATA", "--calib-method", "kl"], "unknown calibration method"),
+        (["--int8", "--calib", "DATA", "--int8-keep-float", "linear,dw"], "unknown kind"),
+        (
+            ["--int8", "--calib", "DATA", "--calib-method", "minmax", "--calib-percentile", "99"],
+            "--calib-percentile applies to --calib-method percentile, not minmax",
+        ),
+        (["--int8", "--calib", "DATA", "--calib-percentile", "0"], "calibration percentile 0.0"),
+        (["--int8-keep-float", "none"], "--int8-keep-float only apply with --int8"),
     ],
 )
 def test_export_cli_refuses_bad_int8_options(shared_data, tmp_path, capsys, extra, message):
@@ -267,3 +278,112 @@ def test_a_minus_infinity_max_pool_pad_quantizes_to_finite_scales(repo_cfg, rand
         assert np.isfinite(numpy_helper.to_array(init).astype(np.float64)).all(), init.name
     y = _session(int8_path).run(None, {"images": batches[0]})[0]
     assert np.isfinite(y).all() and y[..., 4].max() > 0
+
+
+def _activations_of(proto, conv) -> list:
+    return [n for n in proto.graph.node if conv.output[0] in n.input and n.op_type == "LeakyRelu"]
+
+
+def test_kinds_are_found_by_graph_inspection(fastest):
+    proto = onnx.load(str(fastest["float"]))
+    quantize._name_nodes_(proto)
+    heads, _ = quantize.find_head(proto)
+    by_name = {n.name: n for n in proto.graph.node}
+    inits = {i.name: i for i in proto.graph.initializer}
+    depthwise = quantize.find_float_nodes(proto, ["depthwise"], skip=heads)
+    dw_convs = [by_name[n] for n in depthwise if by_name[n].op_type == "Conv"]
+    # Yolo-Fastest-1.1-xl: 28 depthwise 3x3 and 5x5 convs, each followed by its own leaky ReLU.
+    assert len(dw_convs) == 28 and len(depthwise) == 56
+    for conv in dw_convs:
+        out_channels, in_per_group = list(inits[conv.input[1]].dims)[:2]
+        group = next(a.i for a in conv.attribute if a.name == "group")
+        assert in_per_group == 1 and group == out_channels, conv.name
+    linear = [by_name[n] for n in quantize.find_float_nodes(proto, ["linear"], skip=heads)]
+    assert len(linear) == 28 and {n.op_type for n in linear} == {"Conv"}
+    for conv in linear:  # the 1x1 bottlenecks: no activation, not a head
+        assert list(inits[conv.input[1]].dims)[2:] == [1, 1] and not _activations_of(proto, conv)
+        assert conv.name not in heads
+    unskipped = quantize.find_float_nodes(proto, ("linear",))
+    assert set(unskipped) == {n.name for n in linear} | set(heads)  # the heads are linear too
+
+
+@pytest.fixture(scope="module")
+def kept_float(fastest, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("kept") / "kept.onnx"
+    summary = quantize.quantize_onnx_int8(
+        fastest["float"],
+        out,
+        calibration=fastest["batches"][:4],
+        keep_float=("depthwise", "linear"),
+        method="minmax",
+    )
+    return {"path": out, "summary": summary}
+
+
+def test_kept_kinds_are_float_in_the_quantized_graph(kept_float):
+    proto = onnx.load(str(kept_float["path"]))
+    producers = _producers(proto)
+    inits = {i.name: i for i in proto.graph.initializer}
+    by_name = {n.name: n for n in proto.graph.node}
+    kept = set(kept_float["summary"]["float_nodes"])
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    float_convs = [c for c in convs if c.name in kept]
+    assert len(float_convs) == 28 + 28 + 2  # depthwise, linear, heads
+    assert kept_float["summary"]["quantized_convs"] == len(convs) - len(float_convs)
+    assert kept_float["summary"]["keep_float"] == ("depthwise", "linear")
+    for conv in float_convs:
+        assert conv.input[1] in inits, conv.name  # float weights, no DequantizeLinear
+        assert inits[conv.input[1]].data_type == onnx.TensorProto.FLOAT, conv.name
+    for conv in convs:
+        if conv.name not in kept:
+            assert producers[conv.input[1]].op_type == "DequantizeLinear", conv.name
+    # A kept depthwise conv feeds its leaky ReLU directly in float, so ORT fuses the two.
+    dw = [c for c in float_convs if list(inits[c.input[1]].dims)[1] == 1]
+    assert len(dw) == 28
+    for conv in dw:
+        (act,) = _activations_of(proto, conv)
+        assert act.name in kept and by_name[act.name].input[0] == conv.output[0]
+
+
+def test_kept_kinds_outputs_stay_close_to_the_float_model(kept_float, fastest, shared_data):
+    from yolo_prune.data.images import load_image
+    from yolo_prune.detect.preprocess import preprocess
+
+    x, _ = preprocess([load_image(shared_data / "images" / "dog.jpg")], SIZE)
+    x = x.contiguous().numpy()
+    want = _session(fastest["float"]).run(None, {"images": x})[0][0]
+    got = _session(kept_float["path"]).run(None, {"images": x})[0][0]
+    top = np.argsort(-want[:, 4])[:10]
+    # The same margins as the all-int8 model's (fewer tensors are quantized here).
+    np.testing.assert_allclose(got[top, 4], want[top, 4], atol=0.25, rtol=0)
+    np.testing.assert_allclose(got[top, :2], want[top, :2], atol=10.0, rtol=0)
+    assert np.abs(got[:, 4] - want[:, 4]).mean() < 0.01
+
+
+def test_an_unknown_kind_to_keep_float_is_a_config_error(fastest, tmp_path):
+    with pytest.raises(ConfigError, match=r"^unknown kind of node to keep float 'dw'; choose"):
+        quantize.quantize_onnx_int8(
+            fastest["float"], tmp_path / "q.onnx", calibration=fastest["batches"], keep_float=["dw"]
+        )
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_percentile_options_that_conflict_are_config_errors(fastest, tmp_path):
+    def quantize_with(**options):
+        quantize.quantize_onnx_int8(
+            fastest["float"], tmp_path / "q.onnx", calibration=fastest["batches"], **options
+        )
+
+    with pytest.raises(ConfigError, match=r"only applies to percentile calibration, not 'minmax'"):
+        quantize_with(method="minmax", percentile=99.9)
+    with pytest.raises(ConfigError, match=r"^calibration percentile 100\.5; expected a share"):
+        quantize_with(percentile=100.5)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_the_default_calibration_is_the_measured_best_percentile(fastest):
+    summary = fastest["summary"]
+    assert summary["method"] == "percentile" and summary["percentile"] == 99.95
+    props = {p.key: p.value for p in onnx.load(str(fastest["int8"])).metadata_props}
+    assert props["quantization_calibration"].startswith("percentile 99.95, 8 batches")
+    assert "keep_float=none" in props["quantization_calibration"]

@@ -14,7 +14,13 @@ FORMATS = ("darknet", "onnx")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from yolo_prune.export.quantize import CALIBRATION_METHODS, DEFAULT_METHOD
+    from yolo_prune.export.quantize import (
+        CALIBRATION_METHODS,
+        DEFAULT_KEEP_FLOAT,
+        DEFAULT_METHOD,
+        DEFAULT_PERCENTILE,
+        FLOAT_KINDS,
+    )
 
     p = subparsers.add_parser("export", help="export a model as Darknet cfg+weights or ONNX")
     p.add_argument("--cfg", type=Path, help="Darknet .cfg (optional for sparse files with a cfg)")
@@ -36,6 +42,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"{', '.join(CALIBRATION_METHODS)} (default {DEFAULT_METHOD})",
     )
     q.add_argument(
+        "--calib-percentile",
+        type=float,
+        help=f"share of each activation histogram kept, percent (percentile only; default "
+        f"{DEFAULT_PERCENTILE})",
+    )
+    q.add_argument(
+        "--int8-keep-float",
+        help=f"comma-separated kinds of node kept float: {', '.join(FLOAT_KINDS)}, or none "
+        f"(default {','.join(DEFAULT_KEEP_FLOAT)})",
+    )
+    q.add_argument(
         "--int8-heads",
         action="store_true",
         help="quantize the convs before each [yolo] too (faster, less accurate; default float)",
@@ -43,9 +60,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _kinds(text: str | None) -> tuple[str, ...]:
+    from yolo_prune.export.quantize import DEFAULT_KEEP_FLOAT
+
+    if text is None:
+        return DEFAULT_KEEP_FLOAT
+    return () if text.strip() == "none" else tuple(k.strip() for k in text.split(",") if k.strip())
+
+
 def _check(args: argparse.Namespace) -> None:
     """Refuse conflicting options before any file is read."""
-    from yolo_prune.export.quantize import calibration_method
+    from yolo_prune.export.quantize import (
+        calibration_method,
+        check_float_kinds,
+        check_percentile,
+    )
 
     if args.format not in FORMATS:
         raise ConfigError(
@@ -59,10 +88,28 @@ def _check(args: argparse.Namespace) -> None:
                 "--int8 needs calibration images: add --calib DATA (a training dataset folder)"
             )
         calibration_method(args.calib_method)
+        check_float_kinds(_kinds(args.int8_keep_float))
+        if args.calib_percentile is not None and args.calib_method != "percentile":
+            raise ConfigError(
+                f"--calib-percentile applies to --calib-method percentile, not "
+                f"{args.calib_method}; drop it or add --calib-method percentile"
+            )
+        check_percentile(args.calib_method, args.calib_percentile)
         if args.calib_images < 1:
             raise ConfigError(f"--calib-images {args.calib_images}; expected a positive number")
-    elif args.calib is not None or args.int8_heads:
-        raise ConfigError("--calib and --int8-heads only apply with --int8; add --int8")
+    else:
+        given = [
+            flag
+            for flag, value in (
+                ("--calib", args.calib),
+                ("--calib-percentile", args.calib_percentile),
+                ("--int8-keep-float", args.int8_keep_float),
+                ("--int8-heads", args.int8_heads or None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} only apply with --int8; add --int8")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,11 +140,16 @@ def run(args: argparse.Namespace) -> int:
             out,
             calibration=batches,
             keep_float_heads=not args.int8_heads,
+            keep_float=_kinds(args.int8_keep_float),
             method=args.calib_method,
+            percentile=args.calib_percentile,
         )
+    percentile = summary["percentile"]
     print(
         f"wrote {out} (INT8 QDQ, opset {opset}, {summary['quantized_convs']} convs int8, "
-        f"{'int8' if args.int8_heads else 'float'} heads, {args.calib_method} calibration on "
+        f"{'int8' if args.int8_heads else 'float'} heads, "
+        f"{','.join(summary['keep_float']) or 'no other'} nodes float, {args.calib_method}"
+        f"{'' if percentile is None else f' {percentile}'} calibration on "
         f"{summary['calibration_images']} images of {args.calib})"
     )
     return 0
