@@ -131,3 +131,22 @@ def test_shortcut_of_unequal_widths_adds_the_common_channels(from_channels):
     expected = b.clone()
     expected[:, :k] += a[:, :k]
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("side", [12, 13])
+@pytest.mark.parametrize(("size", "stride"), [(2, 2), (2, 1), (3, 2), (3, 1), (5, 1)])
+def test_maxpool_pads_only_where_a_window_reaches(side, size, stride):
+    """Darknet pads ``size - 1`` (-inf), before = half; the pool skips the rows no window
+    reads and must still equal the fully padded pool."""
+    import torch.nn.functional as F
+
+    cfg = (f"[net]\nwidth={side}\nheight={side}\nchannels=2\n"
+           f"[maxpool]\nsize={size}\nstride={stride}\n")  # fmt: skip
+    model = Darknet.from_cfg_text(cfg).eval()
+    x = torch.randn(1, 2, side, side, generator=torch.Generator().manual_seed(side))
+    pad = size - 1
+    full = F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=float("-inf"))
+    expected = F.max_pool2d(full, size, stride)
+    out = model(x).view(expected.shape)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert torch.isfinite(out).all()

@@ -578,19 +578,28 @@ def quantize_onnx_int8(
             len(heads),
         )
         out = Path(tmp) / "int8.onnx"
-        quantize_static(
-            model,
-            out,
-            _Batches(input_name, calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=float_nodes,
-            calibrate_method=calibrate_method,
-            extra_options={} if percentile is None else {"CalibPercentile": percentile},
-        )
+        try:
+            quantize_static(
+                model,
+                out,
+                _Batches(input_name, calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=float_nodes,
+                calibrate_method=calibrate_method,
+                extra_options={} if percentile is None else {"CalibPercentile": percentile},
+            )
+        except ValueError as exc:  # numpy's histogram of an activation that overflowed
+            if "not finite" not in str(exc):
+                raise
+            raise DataError(
+                f"an activation overflowed on the calibration images ({exc}); a model with "
+                "trained weights should not do this: check the weights and --size",
+                path=src,
+            ) from None
         quantized = onnx.load(str(out))
     del quantized.metadata_props[:]
     for prop in source.metadata_props:
