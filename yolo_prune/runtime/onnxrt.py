@@ -52,21 +52,16 @@ class OnnxRuntimeModel(nn.Module):
 
         path = None if isinstance(model, bytes) else Path(model)
         self.name = name or (path.name if path else "model.onnx")
+        data = model if path is None else path.read_bytes()
         try:
-            data = model if path is None else path.read_bytes()
             proto = onnx.load_from_string(data)
             if not proto.graph.node:
-                raise ValueError("the graph has no nodes")
-        except (ValueError, onnx.onnx_cpp2py_export.checker.ValidationError, RuntimeError) as exc:
-            raise WeightsError(
-                f"not an ONNX model ({str(exc).splitlines()[0][:80] if str(exc) else 'unreadable'})"
-                "; give a file written by yolo-prune export --format onnx",
-                path=path or self.name,
-            ) from None
+                raise ValueError("its graph has no nodes")
         except Exception as exc:  # protobuf's DecodeError has no stable import path
+            why = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
             raise WeightsError(
-                f"not an ONNX model ({type(exc).__name__}); give a file written by yolo-prune "
-                "export --format onnx",
+                f"not an ONNX model ({why}); give a file written by yolo-prune export "
+                "--format onnx",
                 path=path or self.name,
             ) from None
         self.metadata: dict[str, str] = {p.key: p.value for p in proto.metadata_props}
