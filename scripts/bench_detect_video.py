@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
+
+# As the console script does before torch loads (yolo_prune/cli/main.py): spinning OpenMP
+# threads left by one runtime would slow the next one down.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 
