@@ -23,6 +23,7 @@ TINY_CFG = Path(__file__).resolve().parents[1] / "prune" / "tiny_detector.cfg"
 
 
 def _job(tiny_dataset, tiny_weights, tiny_recipe, out, method="admm", **kw):
+    kw.setdefault("deploy", False)  # the ONNX/INT8 files are tested on admm_run alone
     return PruneJobConfig(
         cfg=TINY_CFG,
         weights=tiny_weights,
@@ -42,7 +43,7 @@ def admm_run(tiny_dataset, tiny_weights, tiny_recipe_text, tmp_path_factory):
     recipe = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
     recipe.write_text(tiny_recipe_text)
     out = tmp_path_factory.mktemp("admm_run")
-    report = run_prune(_job(tiny_dataset, tiny_weights, recipe, out))
+    report = run_prune(_job(tiny_dataset, tiny_weights, recipe, out, deploy=True))
     return out, report
 
 

@@ -18,7 +18,7 @@ def _args(tiny_dataset, tiny_weights, tiny_recipe, out):
     return ["sweep", "--cfg", str(TINY_CFG), "--weights", str(tiny_weights), "--data",
             str(tiny_dataset), "--val-split", "train", "--recipe", str(tiny_recipe),
             "--ratios", "0.3,0.6", "--methods", "admm,magnitude", "--no-progress",
-            "--no-latency", "--out", str(out)]  # fmt: skip
+            "--no-latency", "--no-deploy", "--out", str(out)]  # fmt: skip
 
 
 def test_killed_sweep_resumes_and_outputs_agree_with_json(

@@ -15,5 +15,5 @@ def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="where the detector runs: our PyTorch form, ONNX Runtime, OpenCV DNN, or auto "
         "(default): on the CPU, the fastest of them for this model, timed side by side at "
-        "start (about 2 s); an .onnx file runs in onnxruntime",
+        "start (about 2 s; torch for a single image); an .onnx file runs in onnxruntime",
     )

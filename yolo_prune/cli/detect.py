@@ -150,12 +150,20 @@ def load_names(path: Path | None, classes: int) -> list[str]:
     return names[:classes]
 
 
+def _runtime(asked: str, kind: str, model) -> str:
+    """``auto`` on one image is torch: timing three runtimes takes longer than one image takes
+    in any of them (a model bound to a runtime, an ``.onnx``, stays there)."""
+    if asked == "auto" and kind == "image" and getattr(model, "runtime_name", None) is None:
+        return "torch"
+    return asked
+
+
 def run_detect(cfg: DetectConfig, *, progress: bool = True):
     """Build the detector ``cfg`` describes and run it; returns the library's summary."""
     from yolo_prune.detect.detector import Detector
     from yolo_prune.detect.runner import detect_source, source_kind
 
-    source_kind(cfg.source)  # a missing source fails before the model is built
+    kind = source_kind(cfg.source)  # a missing source fails before the model is built
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     from yolo_prune.jobs.models import load_model
@@ -169,7 +177,7 @@ def run_detect(cfg: DetectConfig, *, progress: bool = True):
         conf=cfg.conf,
         nms=cfg.nms,
         device=cfg.device,
-        runtime=cfg.runtime,
+        runtime=_runtime(cfg.runtime, kind, model),
         compile_mish=cfg.compile_mish,
     )
     # An exported .onnx carries its class names; --names overrides them.

@@ -140,6 +140,8 @@ without VNNI; this one has VNNI/AMX.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -579,19 +581,21 @@ def quantize_onnx_int8(
         )
         out = Path(tmp) / "int8.onnx"
         try:
-            quantize_static(
-                model,
-                out,
-                _Batches(input_name, calibration),
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=float_nodes,
-                calibrate_method=calibrate_method,
-                extra_options={} if percentile is None else {"CalibPercentile": percentile},
-            )
+            # ORT's calibrators print their progress; library code logs, the CLI prints.
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(
+                    model,
+                    out,
+                    _Batches(input_name, calibration),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    reduce_range=reduce_range,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=float_nodes,
+                    calibrate_method=calibrate_method,
+                    extra_options={} if percentile is None else {"CalibPercentile": percentile},
+                )
         except ValueError as exc:  # numpy's histogram of an activation that overflowed
             if "not finite" not in str(exc):
                 raise

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolo_prune.utils.io import atomic_write_text
+
 
 class OpenCVModel(nn.Module):
     """``cv2.dnn.readNetFromDarknet`` of a model's cfg and weights, called like the model:
@@ -59,7 +61,7 @@ class OpenCVModel(nn.Module):
             cfg, weights = Path(tmp) / "model.cfg", Path(tmp) / "model.weights"
             export_darknet(model, cfg, weights)
             text = re.sub(r"^\[yolo\][ \t]*$", "[yolo]\nthresh=0", cfg.read_text(), flags=re.M)
-            cfg.write_text(text)
+            atomic_write_text(cfg, text)
             return cls(
                 cfg,
                 weights,
