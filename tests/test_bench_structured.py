@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # 10 s of timing runs
 def test_quick_bench_writes_consistent_figures(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(

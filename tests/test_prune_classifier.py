@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +136,7 @@ methods:
 """
 
 
+@pytest.mark.slow  # 20 s: ResNet-56 through the script end to end; LeNet covers the default run
 def test_resnet56_on_tiny_cifar10_dense_admm_eval(tmp_path):
     data = tmp_path / "cifar10"
     data.mkdir()

@@ -103,6 +103,7 @@ def test_a_point_whose_recipe_changed_is_run_again(
     assert main(args) == 0 and calls == ["magnitude"]  # only the changed variant reruns
 
 
+@pytest.mark.slow  # 22 s; the in-process kill-and-resume test above stays in the default run
 def test_sigkilled_sweep_process_resumes_without_redoing(
     tiny_dataset, tiny_weights, tiny_recipe, tmp_path
 ):
