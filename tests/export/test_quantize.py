@@ -387,3 +387,27 @@ def test_the_default_calibration_is_the_measured_best_percentile(fastest):
     props = {p.key: p.value for p in onnx.load(str(fastest["int8"])).metadata_props}
     assert props["quantization_calibration"].startswith("percentile 99.95, 8 batches")
     assert "keep_float=none" in props["quantization_calibration"]
+
+
+def test_histogram_calibration_keeps_what_fits_in_its_memory_budget(
+    repo_cfg, randomize, tmp_path, monkeypatch
+):
+    """Percentile calibration holds every tensor of every image; past the budget it calibrates
+    on an evenly spaced part of the images instead of running out of memory."""
+    from yolo_prune.darknet import Darknet
+
+    model = randomize(Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=96))
+    float_path = tmp_path / "float.onnx"
+    export_onnx(model, float_path, input_shape=model.input_shape)
+    per_image = quantize.activation_bytes(onnx.load(str(float_path)))
+    assert 1e6 < per_image < 1e7  # yolov3-tiny at 96: a few MB of float tensors
+    monkeypatch.setattr(quantize, "HISTOGRAM_MEMORY_BYTES", 3 * per_image)
+    rng = np.random.default_rng(2)
+    batches = [rng.random((1, 3, 96, 96), dtype=np.float32) for _ in range(8)]
+    summary = quantize.quantize_onnx_int8(float_path, tmp_path / "p.onnx", calibration=batches)
+    # the budget is checked on the prepared graph, a little larger than the exported one
+    assert summary["method"] == "percentile" and 1 <= summary["calibration_images"] <= 3
+    minmax = quantize.quantize_onnx_int8(
+        float_path, tmp_path / "m.onnx", calibration=batches, method="minmax"
+    )
+    assert minmax["calibration_images"] == 8  # MinMax reduces as it goes: no cap
