@@ -198,3 +198,53 @@ def test_admm_ratio_that_empties_a_layer_fails_before_training():
     with pytest.raises(PruneError, match="ratio 0.95 would remove all 8 weights of 0.weight"):
         ADMMPruner(cfg).run(model, fit=lambda *a: calls.append(a))
     assert calls == []
+
+
+def test_adaptive_rho_converges_on_the_convex_toy_without_a_schedule():
+    """rho=None: rho starts where the penalty pulls as hard as the loss and is balanced at
+    each Z-step; W still reaches the projected optimum, with no rho given."""
+    g = torch.Generator().manual_seed(0)
+    a, b = _separated((8, 10), 0.3, g), _separated((6, 5), 0.3, g)
+    model = Quadratic(a, b)
+    with torch.no_grad():  # start away from A, so the first gradient is not zero
+        model.lin.weight.copy_(0.5 * a + 0.1)
+        model.lin2.weight.copy_(0.5 * b - 0.1)
+    cfg = ADMMConfig(ratio=0.7, epochs=6, stages=2, update_every=20, retrain_epochs=0)
+    names = ["lin.weight", "lin2.weight"]
+    hook = ADMMHook(names, cfg)
+    assert hook.rho is None
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    Trainer(model, opt, lambda m, _: m.loss(), hooks=[hook]).fit([None] * 100, epochs=cfg.epochs)
+
+    optimum = project_global({"lin.weight": a, "lin2.weight": b}, 0.7)
+    w = {"lin.weight": model.lin.weight.detach(), "lin2.weight": model.lin2.weight.detach()}
+    for n, target in (("lin.weight", a), ("lin2.weight", b)):
+        torch.testing.assert_close(hook.Z[n], target * optimum[n], atol=1e-3, rtol=0)
+        torch.testing.assert_close(w[n], hook.Z[n], atol=1e-2, rtol=0)
+    assert hook.history[-1]["relative_residual"] < 0.01
+    # the gradient-matched start is already above the toy's stability threshold (0.5)
+    assert hook.history[0]["rho"] > 0.5
+
+
+def test_adaptive_rho_starts_at_the_gradient_to_gap_ratio_and_balances():
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 0.5, 0.1]))
+    hook = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))
+    hook.init_({"w": w})  # Z keeps 3 and -2: W - Z = [0, 0, 0.5, 0.1]
+    w.grad = torch.tensor([0.0, 0.0, 3.0, 4.0])  # ||grad|| = 5
+    hook.add_penalty_grad_({"w": w})
+    assert hook.rho == pytest.approx(5.0 / float(torch.tensor([0.5, 0.1]).norm()))
+    rho = hook.rho
+    hook.U["w"] = torch.ones(4)
+    hook.balance_(primal=11.0, dual=1.0, relative=0.5)  # W lags far behind Z: pull harder
+    assert hook.rho == pytest.approx(2 * rho)
+    torch.testing.assert_close(hook.U["w"], torch.full((4,), 0.5))  # rho * U unchanged
+    hook.balance_(primal=5.0, dual=1.0, relative=0.2)  # within a factor 10, and falling
+    assert hook.rho == pytest.approx(2 * rho)
+    hook.balance_(primal=4.9, dual=1.0, relative=0.2)  # stalled: less than a tenth off
+    assert hook.rho == pytest.approx(4 * rho)
+    hook.balance_(primal=1.0, dual=50.0, relative=0.05)  # never lowered
+    hook.balance_(primal=1.0, dual=0.01, relative=5e-4)  # settled: left as it is
+    assert hook.rho == pytest.approx(4 * rho)
+    fixed = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1, rho=0.3))
+    fixed.balance_(primal=11.0, dual=1.0, relative=0.5)  # a rho given by the user stays as given
+    assert fixed.rho == 0.3

@@ -3,6 +3,8 @@ torchvision ResNet, and the smoke test that a shrunk real detector still sees th
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -234,3 +236,39 @@ def test_bad_admm_filter_options_are_refused():
         build_config("admm-filter", {"ratio": 0.5, "criterion": "l3"})
     with pytest.raises(PruneError, match=r"round_to=0"):
         build_config("admm-filter", {"ratio": 0.5, "round_to": 0})
+
+
+@pytest.mark.usefixtures("flush_denormals")
+def test_admm_filter_drives_the_batch_norm_scales_of_the_cut_channels_to_zero(repo_cfg):
+    """penalize="scale" (the default): ADMM's variables are the batch-norm scales, the pruned
+    channels fade out during ADMM (relative residual falls), and the masks cut whole filters."""
+    cfg = repo_cfg.parent / "tests" / "prune" / "tiny_detector.cfg"
+    torch.manual_seed(0)
+    model = Darknet.from_cfg(cfg)
+    x = torch.randn(4, *model.input_shape)
+    with torch.no_grad():  # the loss: imitate the dense model's heads
+        want = [h.detach() for h in copy.deepcopy(model).train()(x)]
+
+    def loss(m, _):
+        return sum((h - t).pow(2).mean() for h, t in zip(m(x), want, strict=True))
+
+    seen = {}
+
+    def fit(phase, epochs, hooks):
+        if phase == "admm":
+            seen["names"] = list(hooks[0].names)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        Trainer(model, opt, loss, hooks=hooks).fit([None] * 10, epochs=epochs)
+
+    pruner = build_pruner("admm-filter", {"ratio": 0.4, "epochs": 12, "stages": 1,
+                                          "retrain_epochs": 0})  # fmt: skip
+    result = pruner.run(model, fit=fit)
+    assert seen["names"] and all(n.endswith(".bn.weight") for n in seen["names"])
+    residual = [h["relative_residual"] for h in result.history]
+    assert residual[-1] < 0.05 < residual[0] / 5  # the cut channels faded out during ADMM
+    for n, m in result.masks.items():
+        assert m.shape == model.get_parameter(n).shape
+        per_filter = m.reshape(m.shape[0], -1)
+        assert bool((per_filter.all(1) | ~per_filter.any(1)).all())  # whole filters
+    gone = sum(int((~m.reshape(m.shape[0], -1).all(1)).sum()) for m in result.masks.values())
+    assert gone > 0

@@ -83,7 +83,7 @@ class TrainConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     letterbox: bool | None = None  # keep aspect ratio in training and validation; None: the
     # cfg's letter_box, as yolo-prune eval and detect take it (so val AP equals eval's)
-    grad_clip: float | None = 10.0  # clip the gradient norm (None: no clipping)
+    grad_clip: float | None = None  # clip the gradient norm (None: no clipping, as Darknet)
     bn_momentum: float | None = None  # override batch-norm momentum (None: the model's, 0.01
     # as in Darknet; from random init in few steps the running statistics lag far behind: 0.1)
     seed: int = 0  # shuffling, augmentation and random-init seed

@@ -268,6 +268,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "dense_weights_bytes": _darknet_bytes(dense_model) if dense_model is not None else None,
         "phases": phases,
         "history": json.loads(json.dumps(result.history, default=float)),
+        "admm": admm_summary(result.history),
         "layers": layer_sparsity(model, result.masks),
         "minutes": (time.perf_counter() - started) / 60,
     }
@@ -278,6 +279,22 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
             for name in ("last.pt", "final.weights"):
                 (phase / name).unlink(missing_ok=True)
     return report
+
+
+def admm_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """How far ADMM had brought W to Z when the hard prune came: the last Z-step's relative
+    residual ``||W - Z|| / ||W||``, rho, and each variable's own relative residual (None for
+    methods without ADMM). Near 0 the cut changed little; near 1 it was a blind one-shot cut."""
+    steps = [h for h in history if "relative_residual" in h]
+    if not steps:
+        return None
+    last = steps[-1]
+    return {
+        "final_relative_residual": float(last["relative_residual"]),
+        "final_rho": float(last["rho"]) if last.get("rho") is not None else None,
+        "z_steps": len(steps),
+        "layers": {n: float(r) for n, r in (last.get("layers_relative") or {}).items()},
+    }
 
 
 def time_side_by_side(
@@ -519,6 +536,14 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"validation images, {report['pruned'].get('device')}. "
         f"Whole run: {report['minutes']:.1f} min.",
     ]
+    admm = report.get("admm")
+    if admm:
+        worst = sorted(admm["layers"].items(), key=lambda kv: -kv[1])[:3]
+        lines += ["", f"ADMM before the hard prune: ||W - Z|| / ||W|| = "
+                  f"{admm['final_relative_residual']:.4f} after {admm['z_steps']} Z-steps "
+                  f"(rho {admm['final_rho']:.3g}); largest per layer: "
+                  + ", ".join(f"{n} {r:.3f}" for n, r in worst)
+                  + " (all layers in report.json)."]  # fmt: skip
     if report["phases"]:
         lines += ["", "| phase | epochs | minutes |", "|---|---:|---:|"]
         lines += [f"| {p['phase']} | {p['epochs']} | {p['minutes']:.1f} |"

@@ -171,7 +171,7 @@ def project_channel_groups(
     caps: Mapping[str, float] | None = None,
     norm: str = "l2",
     scores: Mapping[str, torch.Tensor] | None = None,
-    normalize: bool = True,
+    normalize: bool | Mapping[str, float] = True,
     round_to: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Keep-masks that remove the least important channel groups.
@@ -187,7 +187,8 @@ def project_channel_groups(
             :func:`filter_scores` with the "bn" criterion) instead of the weight norm.
         normalize: divide each layer's scores by their mean before ranking (weight norms and
             BN scales differ in scale from layer to layer); False for scores already comparable
-            across layers, such as Fisher importance.
+            across layers, such as Fisher importance; or ``name -> divisor`` to divide by given
+            values (:func:`build_projection` keeps the first call's means, see there).
         round_to: every layer that loses filters keeps a multiple of this many (8 suits the
             SIMD width of CPU convolution kernels). Groups tied together (a shortcut chain: one
             filter in each of its layers) are removed in runs that keep each of their layers
@@ -215,7 +216,10 @@ def project_channel_groups(
     rel = {}
     for name in weights:
         s = raw[name].detach().abs().float()
-        rel[name] = s / s.mean().clamp(min=1e-12) if normalize else s
+        if isinstance(normalize, Mapping):
+            rel[name] = s / max(float(normalize[name]), 1e-12)
+        else:
+            rel[name] = s / s.mean().clamp(min=1e-12) if normalize else s
     importance = torch.tensor(
         [sum(float(rel[n][c]) for n, c in g) / len(g) for g in groups], dtype=torch.float64
     )
@@ -323,7 +327,11 @@ def build_projection(
     ``importance(model, names)`` (e.g. :func:`~yolo_prune.prune.importance.fisher_channel_scores`
     on training batches, which the caller binds), measured once, at the first call, on the model
     as it is then. ``criterion`` ("l1", "l2", "bn", "fisher"; default ``norm``, else "l2") and
-    ``round_to`` apply to ``group`` only. The result has the signature of every
+    ``round_to`` apply to ``group`` only. Weight and BN-scale scores are divided by each layer's
+    mean score *at the first call* (the dense model's scale), not at every call: under ADMM the
+    cut channels of a layer shrink its current mean, which would lift its kept channels in the
+    global ranking and move the cut to other layers at every Z-step (measured: Z never settled,
+    ``||W - Z|| / ||W||`` 0.2 -> 0.4 as rho grew). The result has the signature of every
     projection, ``(weights, ratio, *, caps) -> masks``, so ADMM's Z-step and magnitude pruning
     use it unchanged: the filters of removed groups are all False in the masks.
     """
@@ -349,6 +357,7 @@ def build_projection(
     if criterion == "bn":
         filter_scores(model, names, "bn")  # refuse a model without batch-norm scales now
     measured: dict[str, torch.Tensor] = {}
+    scale: dict[str, float] = {}  # each layer's mean score at the first call
 
     def group_scores() -> dict[str, torch.Tensor] | None:
         if criterion == "bn":
@@ -365,14 +374,19 @@ def build_projection(
         *,
         caps: Mapping[str, float] | None = None,
     ) -> dict[str, torch.Tensor]:
+        norm = criterion if criterion in NORMS else "l2"
+        scores = group_scores()
+        if criterion != "fisher" and not scale:
+            raw = scores if scores is not None else {n: _norms(w, norm) for n, w in weights.items()}
+            scale.update({n: float(v.detach().abs().float().mean()) for n, v in raw.items()})
         return project_channel_groups(
             weights,
             groups,
             ratio,
             caps=caps,
-            norm=criterion if criterion in NORMS else "l2",
-            scores=group_scores(),
-            normalize=criterion != "fisher",
+            norm=norm,
+            scores=scores,
+            normalize=dict(scale) if scale else False,
             round_to=round_to,
         )
 
