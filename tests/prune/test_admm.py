@@ -130,7 +130,9 @@ def test_admm_pruner_end_to_end_exact_sparsity(case2, projection):
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         Trainer(model, opt, case2.loss, hooks=hooks).fit(batches, epochs=epochs)
 
-    cfg = ADMMConfig(ratio=0.5, projection=projection, epochs=2, stages=2, retrain_epochs=1)
+    cfg = ADMMConfig(
+        ratio=0.5, projection=projection, epochs=2, stages=2, retrain_epochs=1, update_every=0
+    )
     result = ADMMPruner(cfg).run(model, fit=fit)
     assert phases == [("admm", 2), ("retrain", 1)]
     params = dict(model.named_parameters())
@@ -226,7 +228,7 @@ def test_adaptive_rho_converges_on_the_convex_toy_without_a_schedule():
     assert hook.history[0]["rho"] > 0.5
 
 
-def test_adaptive_rho_starts_at_the_gradient_to_gap_ratio_and_balances():
+def test_adaptive_rho_starts_at_the_gradient_to_gap_ratio_and_follows_the_residual_path():
     w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 0.5, 0.1]))
     hook = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))
     hook.init_({"w": w})  # Z keeps 3 and -2: W - Z = [0, 0, 0.5, 0.1]
@@ -234,17 +236,19 @@ def test_adaptive_rho_starts_at_the_gradient_to_gap_ratio_and_balances():
     hook.add_penalty_grad_({"w": w})
     assert hook.rho == pytest.approx(5.0 / float(torch.tensor([0.5, 0.1]).norm()))
     rho = hook.rho
+    start = hook._start_residual  # ||W0 - Z0|| / ||W0||, where the residual path starts
+    assert start == pytest.approx(float(torch.tensor([0.5, 0.1]).norm() / w.detach().norm()))
     hook.U["w"] = torch.ones(4)
-    hook.balance_(primal=11.0, dual=1.0, relative=0.5)  # W lags far behind Z: pull harder
+    hook.steer_(start, progress=0.5)  # half-way, still at the start: behind the path
     assert hook.rho == pytest.approx(2 * rho)
     torch.testing.assert_close(hook.U["w"], torch.full((4,), 0.5))  # rho * U unchanged
-    hook.balance_(primal=5.0, dual=1.0, relative=0.2)  # within a factor 10, and falling
+    path = start * (0.02 / start) ** 0.5
+    hook.steer_(0.9 * path, progress=0.5)  # on the path: left as it is
     assert hook.rho == pytest.approx(2 * rho)
-    hook.balance_(primal=4.9, dual=1.0, relative=0.2)  # stalled: less than a tenth off
-    assert hook.rho == pytest.approx(4 * rho)
-    hook.balance_(primal=1.0, dual=50.0, relative=0.05)  # never lowered
-    hook.balance_(primal=1.0, dual=0.01, relative=5e-4)  # settled: left as it is
-    assert hook.rho == pytest.approx(4 * rho)
+    hook.steer_(path / 5, progress=0.5)  # far ahead: never lowered
+    assert hook.rho == pytest.approx(2 * rho)
+    hook.steer_(0.5, progress=0.5, cap=3 * rho)  # behind, but at the stability cap
+    assert hook.rho == pytest.approx(3 * rho)
     fixed = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1, rho=0.3))
-    fixed.balance_(primal=11.0, dual=1.0, relative=0.5)  # a rho given by the user stays as given
+    fixed.steer_(0.5, progress=0.5)  # a rho given by the user stays as given
     assert fixed.rho == 0.3

@@ -121,7 +121,10 @@ def _fit_for(model, case):
 @pytest.mark.parametrize(
     ("method", "options"),
     [
-        ("admm-filter", {"epochs": 2, "stages": 2, "rho": 1e-2, "retrain_epochs": 1}),
+        (
+            "admm-filter",
+            {"epochs": 2, "stages": 2, "rho": 1e-2, "retrain_epochs": 1, "criterion": "l1"},
+        ),  # fmt: skip
         ("admm-filter", {"epochs": 1, "stages": 1, "retrain_epochs": 0, "criterion": "l2"}),
         ("magnitude", {"projection": "group", "norm": "l1", "epochs": 1}),
     ],
@@ -261,7 +264,7 @@ def test_admm_filter_drives_the_batch_norm_scales_of_the_cut_channels_to_zero(re
         Trainer(model, opt, loss, hooks=hooks).fit([None] * 10, epochs=epochs)
 
     pruner = build_pruner("admm-filter", {"ratio": 0.4, "epochs": 12, "stages": 1,
-                                          "retrain_epochs": 0})  # fmt: skip
+                                          "retrain_epochs": 0, "criterion": "l1"})  # fmt: skip
     result = pruner.run(model, fit=fit)
     assert seen["names"] and all(n.endswith(".bn.weight") for n in seen["names"])
     residual = [h["relative_residual"] for h in result.history]

@@ -346,14 +346,14 @@ def build_projection(
     if criterion not in CRITERIA:
         raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     check_round_to(round_to)
+    names = list(names)
+    groups = model_channel_groups(model, names)  # a protected target is refused first
     if criterion == "fisher" and importance is None:
         raise PruneError(
             "criterion 'fisher' measures channel importance on training data, and none was "
             "given; run it through `yolo-prune prune` (which uses the recipe's data) or pick "
             "l1, l2 or bn"
         )
-    names = list(names)
-    groups = model_channel_groups(model, names)
     if criterion == "bn":
         filter_scores(model, names, "bn")  # refuse a model without batch-norm scales now
     measured: dict[str, torch.Tensor] = {}
