@@ -16,7 +16,7 @@ def test_unknown_method_is_an_error():
         PruneError,
         match="unknown pruning method 'admn'; choose one of: admm, admm-filter, admm-layerwise, "
         "channel, "
-        "deep-compression, magnitude, soft-filter",
+        "deep-compression, magnitude, soft-filter, torch-pruning",
     ):
         registry.build_pruner("admn", {"ratio": 0.5})
 

@@ -29,6 +29,7 @@ from yolo_prune.prune.magnitude import (
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.soft_filter import SoftFilterConfig, SoftFilterPruner
 from yolo_prune.prune.targets import TargetConfig
+from yolo_prune.prune.tp_baseline import TorchPruningConfig, TorchPruningPruner
 
 
 class Pruner(Protocol):
@@ -65,6 +66,8 @@ register_method("magnitude", MagnitudeConfig, MagnitudePruner)
 register_method("channel", ChannelConfig, MagnitudePruner)
 register_method("deep-compression", DeepCompressionConfig, DeepCompressionPruner)
 register_method("soft-filter", SoftFilterConfig, SoftFilterPruner)
+# a benchmark baseline: Torch-Pruning chooses the channels (needs the `bench` extra)
+register_method("torch-pruning", TorchPruningConfig, TorchPruningPruner)
 
 
 def method_spec(name: str) -> MethodSpec:
