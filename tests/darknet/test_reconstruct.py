@@ -59,6 +59,37 @@ def test_refit_brings_the_shrunk_model_back_towards_the_dense_one(randomize):
         torch.testing.assert_close(same(test), want, atol=1e-3, rtol=1e-3)
 
 
+
+def test_refit_pruned_in_place_computes_what_the_refitted_shrunk_model_computes(randomize):
+    """Darknet.refit_pruned_ = fold, shrink, refit, expand back: the masked model in its dense
+    layout then gives the refitted small model's outputs, its cut filters stay zero, and a
+    shrink of it is the refitted small model."""
+    dense = randomize(Darknet.from_cfg_text(CFG)).eval()
+    cmap = build_channel_map(dense.graph)
+    prunable = [g for g in cmap.groups if g.prunable]
+    pruned = {g.id for g in prunable[::3]}
+    masked = copy.deepcopy(dense)
+    with torch.no_grad():  # a hard structured cut: the groups' filters zeroed
+        for gid in pruned:
+            for layer, ch in cmap.groups[gid].producers:
+                masked.layers[layer].conv.weight[ch].zero_()
+    calib = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    test = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    want = shrink(fold_pruned_(copy.deepcopy(masked), pruned, cmap), pruned, cmap).eval()
+    reconstruct_(want, dense, calib, pruned, cmap)
+    assert masked.refit_pruned_(dense, calib) == pruned
+    masked.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(masked(test), want(test), atol=1e-5, rtol=1e-5)
+    assert masked.zero_channel_groups() == pruned
+    again = shrink(copy.deepcopy(masked), pruned, cmap)
+    for a, b in zip(again.state_dict().values(), want.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    nothing = copy.deepcopy(dense)  # no whole group is zero: nothing to refit, left as it is
+    assert nothing.refit_pruned_(dense, calib) == set()
+    for a, b in zip(nothing.state_dict().values(), dense.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
 def _dogs(model, image, conf):
     from yolo_prune.detect.detector import Detector
 

@@ -242,6 +242,30 @@ class Darknet(nn.Module):
             fold_pruned_(self, groups, self.channel_map())
         return groups
 
+    def refit_pruned_(self, dense: Darknet, images: torch.Tensor) -> set[int]:
+        """Refit this model's kept weights to ``dense`` (the model before pruning) by least
+        squares on calibration ``images``, in place; returns the pruned group ids (none: no-op).
+
+        For a model whose pruned channel groups are zero (after a hard structured cut): fold
+        them (:meth:`fold_zero_channels_`), shrink, refit layer by layer
+        (:func:`~yolo_prune.darknet.reconstruct.reconstruct_`), and copy the refitted weights
+        back (:func:`~yolo_prune.darknet.surgery.expand_into_`), so that masked fine-tuning
+        starts from the refit rather than from the raw cut.
+        """
+        from yolo_prune.darknet.reconstruct import reconstruct_
+        from yolo_prune.darknet.surgery import expand_into_, shrink
+
+        groups = self.fold_zero_channels_()
+        if not groups:
+            return groups
+        was_training = self.training
+        small = shrink(self, groups).eval()
+        device = next(self.parameters()).device
+        reconstruct_(small, dense.to(device).eval(), images.to(device), groups)
+        expand_into_(self, small, groups)
+        self.train(was_training)
+        return groups
+
     def _weight_name(self, layer: int) -> str:
         return f"layers.{layer}.{'conv' if hasattr(self.layers[layer], 'conv') else 'fc'}.weight"
 

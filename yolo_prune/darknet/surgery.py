@@ -154,3 +154,48 @@ def shrink(model: Darknet, pruned: set[int], cmap: ChannelMap | None = None) -> 
             w = old.weight if old.weight.shape[1] == 1 else old.weight[:, out_idx]
             new.weight.copy_(w)
     return small
+
+
+@torch.no_grad()
+def expand_into_(
+    model: Darknet, small: Darknet, pruned: set[int], cmap: ChannelMap | None = None
+) -> Darknet:
+    """The inverse of :func:`shrink`: copy ``small``'s weights back into ``model`` (the same
+    network with the ``pruned`` groups folded to zero, :func:`fold_pruned_`) at the kept
+    channels, in place. The pruned filters and the weights reading them stay zero, so
+    ``model`` computes what ``small`` computes and can go on training with its masks."""
+    cmap = cmap or build_channel_map(model.graph)
+    check_prunable(cmap, pruned)
+    keep_out = [cmap.kept(ids, pruned) for ids in cmap.outputs]
+    keep_in = [cmap.kept(ids, pruned) for ids in cmap.inputs]
+    for spec, big, new in zip(model.graph.layers, model.layers, small.layers, strict=True):
+        out_idx = torch.tensor(keep_out[spec.index], dtype=torch.long)
+        if spec.kind == "convolutional":
+            lin_big, lin_new = _linear(big), _linear(new)
+            if lin_big.groups == 1:
+                in_idx = torch.tensor(keep_in[spec.index], dtype=torch.long)
+                lin_big.weight[out_idx[:, None], in_idx] = lin_new.weight
+            else:
+                lin_big.weight[out_idx] = lin_new.weight
+            if lin_big.bias is not None:
+                lin_big.bias[out_idx] = lin_new.bias
+            if big.bn is not None:
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(big.bn, name)[out_idx] = getattr(new.bn, name)
+        elif spec.kind == "connected":
+            _, h, wd = spec.in_shape
+            hw = h * wd
+            cols = torch.tensor([c * hw + j for c in keep_in[spec.index] for j in range(hw)])
+            lin_big, lin_new = _linear(big), _linear(new)
+            lin_big.weight[out_idx[:, None], cols] = lin_new.weight
+            if lin_big.bias is not None:
+                lin_big.bias[out_idx] = lin_new.bias
+            if big.bn is not None:
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(big.bn, name)[out_idx] = getattr(new.bn, name)
+        elif spec.kind == "shortcut" and big.weight is not None:
+            if big.weight.shape[1] == 1:
+                big.weight.copy_(new.weight)
+            else:
+                big.weight[:, out_idx] = new.weight
+    return model

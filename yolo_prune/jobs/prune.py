@@ -165,16 +165,30 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     teacher = dense_model if distill else None
     phases: list[dict[str, Any]] = []
 
+    refitted = False  # the structured cut was refitted before a masked phase
+
     def fit(phase: str, epochs: int, hooks: Sequence[Any]) -> None:
+        nonlocal refitted
         if epochs < 1:
             return
         t0 = time.perf_counter()
         if any(isinstance(getattr(h, "masks", None), Mapping) for h in hooks):
-            # Hard masks: channels cut whole must stay the same in training and eval mode.
-            fold = getattr(model, "fold_zero_channels_", None)
-            folded = fold() if fold is not None else set()
-            if folded:
-                logger.info("%d pruned channel groups folded before %s", len(folded), phase)
+            # Hard masks: channels cut whole must stay the same in training and eval mode, and
+            # the fine-tuning starts from the least-squares refit of the cut (once), not from
+            # the raw cut: refitting after it would undo the fine-tuning.
+            refit_now = getattr(model, "refit_pruned_", None) if refit and not refitted else None
+            if refit_now is not None:
+                images = calibration_images(model, config.data, images=refit, letterbox=letterbox)
+                folded = refit_now(dense_model, images)
+                refitted = bool(folded)
+                if folded:
+                    logger.info("%d pruned channel groups refitted on %d images before %s",
+                                len(folded), images.shape[0], phase)  # fmt: skip
+            else:
+                fold = getattr(model, "fold_zero_channels_", None)
+                folded = fold() if fold is not None else set()
+                if folded:
+                    logger.info("%d pruned channel groups folded before %s", len(folded), phase)
         settings = {**phase_settings(recipe, phase), **config.extra_train}
         try:
             train_config = TrainConfig(
@@ -216,7 +230,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
 
     files = save_pruned(model, out, meta={"method": config.method, "ratio": options.get("ratio")})
     calibration = None
-    if refit:
+    if refit and not refitted:  # a one-shot cut: refit the shrunk model at the end
         calibration = calibration_images(model, config.data, images=refit, letterbox=letterbox)
     shrunk = shrink_pruned(model, out, refit_to=dense_model, calibration=calibration)
     if shrunk is not None:
@@ -256,7 +270,12 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "options": json.loads(json.dumps(options, default=str)),
         "ratio": options.get("ratio"),
         "target_sparsity": result.sparsity,
-        "refit_images": int(calibration.shape[0]) if shrunk and calibration is not None else 0,
+        "refit_images": (refit if refitted else int(calibration.shape[0]))
+        if shrunk and (refitted or calibration is not None)
+        else 0,
+        "refit_at": ("the cut, before fine-tuning" if refitted else "the end")
+        if shrunk and (refitted or calibration is not None)
+        else None,
         "size": list(model.input_shape[1:]),
         "dense": _figures(dense, config.weights),
         "pruned": _figures(pruned, out / "pruned.weights"),
@@ -504,7 +523,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     """``report.md``: the dense vs pruned table and the run's settings."""
     cols = [("dense", report["dense"]), ("pruned", report["pruned"])]
     if report.get("shrunk"):
-        refit = report.get("refit_images")
+        refit = report.get("refit_images") if report.get("refit_at") == "the end" else 0
         label = f"pruned, shrunk, refit on {refit} images" if refit else "pruned, shrunk"
         cols.append((label, report["shrunk"]))
     if report.get("int8"):
@@ -536,6 +555,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"validation images, {report['pruned'].get('device')}. "
         f"Whole run: {report['minutes']:.1f} min.",
     ]
+    if report.get("refit_at") == "the cut, before fine-tuning":
+        lines += ["", f"The structured cut was refitted to the dense model by least squares on "
+                  f"{report['refit_images']} training images before fine-tuning."]  # fmt: skip
     admm = report.get("admm")
     if admm:
         worst = sorted(admm["layers"].items(), key=lambda kv: -kv[1])[:3]

@@ -201,10 +201,15 @@ def variant_distill(recipe: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
+DEFAULT_REFIT_IMAGES = 32  # least-squares refit of a structured cut unless a recipe says otherwise
+
+
 def variant_refit(recipe: Mapping[str, Any], name: str) -> int:
-    """Refit images of the variant ``name``: its own ``refit``, else the recipe's (0: off)."""
+    """Refit images of the variant ``name``: its own ``refit``, else the recipe's, else
+    ``DEFAULT_REFIT_IMAGES`` (0: off). Only models that lose whole channels are refitted."""
     entry = recipe["methods"].get(name) or {}
-    value = entry.get("refit", recipe.get("refit")) or 0
+    value = entry.get("refit", recipe.get("refit", DEFAULT_REFIT_IMAGES))
+    value = 0 if value is None else value
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"methods.{name}.refit={value!r}; expected a number of images >= 0")
     return value
