@@ -59,7 +59,6 @@ def test_refit_brings_the_shrunk_model_back_towards_the_dense_one(randomize):
         torch.testing.assert_close(same(test), want, atol=1e-3, rtol=1e-3)
 
 
-
 def test_refit_pruned_in_place_computes_what_the_refitted_shrunk_model_computes(randomize):
     """Darknet.refit_pruned_ = fold, shrink, refit, expand back: the masked model in its dense
     layout then gives the refitted small model's outputs, its cut filters stay zero, and a
@@ -89,6 +88,7 @@ def test_refit_pruned_in_place_computes_what_the_refitted_shrunk_model_computes(
     assert nothing.refit_pruned_(dense, calib) == set()
     for a, b in zip(nothing.state_dict().values(), dense.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+
 
 def _dogs(model, image, conf):
     from yolo_prune.detect.detector import Detector

@@ -66,6 +66,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_common(p)
     p.add_argument("--ratio", type=float, help="global fraction of weights to remove")
+    p.add_argument(
+        "--flops",
+        type=float,
+        help="structured methods: instead of --ratio, the "
+        "fraction of the dense FLOPs the shrunk model keeps (the ratio is searched)",
+    )
     p.add_argument("--method", help="recipe variant or registered method (default: admm)")
     p.set_defaults(func=run)
 
@@ -103,7 +109,8 @@ def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
     path = args.recipe or default_recipe(args.cfg)
     recipe = read_recipe(path) if path is not None else normalise({})
     sets = list(args.set)
-    for flag, key in (("ratio", "ratio"), ("method", "method"), ("size", "size")):
+    for flag, key in (("ratio", "ratio"), ("method", "method"), ("size", "size"),
+                      ("flops", "flops")):  # fmt: skip
         value = getattr(args, flag, None)
         if value is not None:
             recipe[key] = value
@@ -149,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     inputs = job_inputs(args, recipe)
     method = recipe.get("method") or "admm"
-    if recipe.get("ratio") is None:
+    if recipe.get("ratio") is None and recipe.get("flops") is None:
         raise ConfigError("no ratio: give --ratio R (the fraction of weights to remove, e.g. 0.5)")
     config = PruneJobConfig(
         **inputs,

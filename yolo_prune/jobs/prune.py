@@ -139,6 +139,8 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     recipe = config.recipe
+    if recipe.get("flops") is not None and recipe.get("ratio") is None:
+        recipe = {**recipe, "ratio": 0.3}  # provisional: the FLOPs target sets the ratio
     method, options = variant_options(recipe, config.method)
     distill = variant_distill(recipe, config.method)
     refit = variant_refit(recipe, config.method)
@@ -224,6 +226,15 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     importance = fisher_importance(
         config.data, letterbox=letterbox, device=config.device, progress=config.progress
     )  # measured only if the method ranks channels by the "fisher" criterion
+    flops = None
+    if recipe.get("flops") is not None:  # aim at a FLOPs target: search the ratio first
+        ratio, flops = ratio_for_flops(pruner, model, float(recipe["flops"]), importance)
+        recipe = {**recipe, "ratio": ratio}
+        method, options = variant_options(recipe, config.method)
+        pruner = build_pruner(method, options)
+        atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
+        logger.info("ratio %.4f gives %.4f of the dense FLOPs (target %s)", ratio, flops,
+                    recipe["flops"])  # fmt: skip
     result = pruner.run(model, fit=fit, evaluate=evaluate_ap50, importance=importance)
     model.eval()
     pruned = evaluate(model)
@@ -269,6 +280,8 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "registered_method": method,
         "options": json.loads(json.dumps(options, default=str)),
         "ratio": options.get("ratio"),
+        "flops_target": recipe.get("flops"),
+        "flops_planned": flops,
         "target_sparsity": result.sparsity,
         "refit_images": (refit if refitted else int(calibration.shape[0]))
         if shrunk and (refitted or calibration is not None)
@@ -298,6 +311,66 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
             for name in ("last.pt", "final.weights"):
                 (phase / name).unlink(missing_ok=True)
     return report
+
+
+def shrunk_gflops(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> float:
+    """GFLOPs of ``model`` shrunk without the channel groups that ``masks`` zero wholly
+    (a Darknet model; its dense GFLOPs when nothing goes whole)."""
+    from yolo_prune.darknet.surgery import shrink
+
+    probe = copy.deepcopy(model)
+    apply_masks_(probe, masks)
+    groups = probe.zero_channel_groups()
+    small = shrink(probe, groups) if groups else probe
+    return float(sum(spec.bflops for spec in small.graph.layers))
+
+
+def ratio_for_flops(
+    pruner: Any, model: nn.Module, target: float, importance: Any, *, tolerance: float = 0.005
+) -> tuple[float, float]:
+    """The ratio at which ``pruner`` leaves a shrunk model with ``target`` times the dense
+    FLOPs (bisection on its :meth:`plan`, the cut it would make on the model as it is), and
+    the FLOPs fraction reached. Data-driven rankings are measured once and reused.
+
+    Raises:
+        ConfigError: the method removes no whole channels, or no ratio comes within 2%.
+    """
+    from yolo_prune.errors import PruneError
+
+    plan = getattr(pruner, "plan", None)
+    if plan is None or not hasattr(model, "zero_channel_groups"):
+        raise ConfigError("--flops needs a structured method that removes whole channels "
+                          "(admm-filter, channel, torch-pruning) on a Darknet model")  # fmt: skip
+    if not 0 < target < 1:
+        raise ConfigError(f"--flops {target}; expected a fraction of the dense FLOPs in (0, 1)")
+    dense = shrunk_gflops(model, {})
+    memo: dict[tuple[str, ...], Any] = {}
+
+    def measured_once(net: nn.Module, names: Sequence[str]) -> Any:
+        key = tuple(names)
+        if key not in memo:
+            memo[key] = importance(net, names)
+        return memo[key]
+
+    lo, hi = 0.0, 0.95
+    best: tuple[float, float] | None = None  # (ratio, flops fraction)
+    for _ in range(30):
+        ratio = (lo + hi) / 2
+        try:
+            fraction = shrunk_gflops(model, plan(model, ratio, importance=measured_once)) / dense
+        except PruneError:  # the caps cannot remove that many channels
+            hi = ratio
+            continue
+        if best is None or abs(fraction - target) < abs(best[1] - target):
+            best = (ratio, fraction)
+        if abs(fraction - target) <= tolerance:
+            break
+        lo, hi = (ratio, hi) if fraction > target else (lo, ratio)
+    if best is None or abs(best[1] - target) > 0.02:
+        got = f"closest {best[1]:.3f} at ratio {best[0]:.3f}" if best else "no ratio is allowed"
+        raise ConfigError(f"--flops {target}: no ratio of this method reaches it within 2% "
+                          f"({got}); relax the policy's caps or aim higher")  # fmt: skip
+    return round(best[0], 4), best[1]
 
 
 def admm_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:

@@ -47,6 +47,8 @@ TOP_KEYS = {
     "size": "network input side",
     "method": "name of the variant in `methods` to run",
     "ratio": "global removal ratio",
+    "flops": "structured methods: the ratio is searched so the shrunk model keeps this "
+    "fraction of the dense FLOPs",
     "train": "fine-tuning settings (TrainConfig fields)",
     "phases": "per-phase overrides of `train`",
     "distill": "weight of the dense teacher's loss (0: off)",
@@ -119,7 +121,7 @@ def normalise(data: Mapping[str, Any], *, where: str = "recipe") -> dict[str, An
         by_name[name] = entry
     out["methods"] = by_name
     for key, kind in (("ratio", (int, float)), ("size", int), ("distill", (int, float)),
-                      ("refit", int)):  # fmt: skip
+                      ("refit", int), ("flops", (int, float))):  # fmt: skip
         value = out.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")

@@ -445,6 +445,21 @@ class ADMMPruner:
     def __init__(self, config: ADMMConfig):
         self.config = config
 
+    def plan(
+        self, model: nn.Module, ratio: float, *, importance: ImportanceFn | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The masks a hard prune of ``model`` as it is would keep at ``ratio`` (``Z0``), without
+        training; what a FLOPs target is searched on (with a fixed ranking such as Fisher's, the
+        channels ADMM will remove)."""
+        cfg = self.config
+        names, caps = prepare_targets(model, cfg.targets, cfg.policy)
+        variables = cfg.admm_variables(model, names)
+        project = _on_variables(cfg.build_projection(model, names, importance), variables)
+        with torch.no_grad():
+            chosen = project(target_weights(model, list(variables.values())), ratio, caps=caps)
+        weights = target_weights(model, names)
+        return {n: _expand(chosen[v], weights[n]) for n, v in variables.items()}
+
     def run(
         self,
         model: nn.Module,

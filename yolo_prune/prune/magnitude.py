@@ -111,6 +111,16 @@ class MagnitudePruner:
     def __init__(self, config: MagnitudeConfig):
         self.config = config
 
+    def plan(
+        self, model: nn.Module, ratio: float, *, importance: ImportanceFn | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The masks of a one-shot cut of ``model`` at ``ratio`` (nothing applied)."""
+        cfg = self.config
+        names, caps = prepare_targets(model, cfg.targets, cfg.policy)
+        project = cfg.build_projection(model, names, importance)
+        with torch.no_grad():
+            return project(target_weights(model, names), ratio, caps=caps)
+
     def run(
         self,
         model: nn.Module,

@@ -351,6 +351,16 @@ class TorchPruningPruner:
     def __init__(self, config: TorchPruningConfig):
         self.config = config
 
+    def plan(
+        self, model: nn.Module, ratio: float, *, importance: ImportanceFn | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Torch-Pruning's choice at ``ratio`` as masks (nothing applied)."""
+        names, _ = prepare_targets(model, self.config.targets, None)
+        masks, _ = torch_pruning_masks(
+            model, names, ratio, importance=self.config.importance, gradients=importance
+        )
+        return masks
+
     def run(
         self,
         model: nn.Module,
