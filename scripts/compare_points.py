@@ -5,7 +5,8 @@
         --a runs/cpu_experiment/sweep/points/admm/r0.5 \\
         --b runs/cpu_experiment/sweep/points/magnitude/r0.5 [--samples 200] [--out cmp.json]
 
-Each of --a/--b is a `yolo-prune prune` output folder (its pruned.sparse carries the cfg), a
+Each of --a/--b is a `yolo-prune prune` output folder (its shrunk cfg+weights where channels
+went, else its pruned.sparse, which carries the cfg), a
 .sparse/.weights file (then --cfg), or an exported .onnx file (float or INT8, run in ONNX
 Runtime). Prints AP50 of both, their difference and its 95% bootstrap interval over images
 (yolo_prune.eval.bootstrap).
@@ -26,6 +27,8 @@ from yolo_prune.jobs.models import load_model
 
 def predictions(path: Path, cfg: Path | None, data, size: int | None) -> tuple[list, list]:
     weights = path / "pruned.sparse" if path.is_dir() else path
+    if path.is_dir() and (path / "pruned-shrunk.cfg").is_file():  # what ships: the shrunk model
+        cfg, weights = path / "pruned-shrunk.cfg", path / "pruned-shrunk.weights"
     report = path / "report.json"
     if size is None and report.is_file():  # the input size the run was evaluated at
         size = json.loads(report.read_text())["size"][0]

@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""Pruning methods side by side on real detectors, at equal cost, with the same fine-tuning.
+
+    .venv/bin/python scripts/detector_benchmark.py [--out runs/detector_benchmark]
+        [--models yolov3-tiny,yolo-fastest] [--epochs 5] [--admm-epochs 5]
+        [--flops 0.65,0.45] [--ratios 0.5,0.7,0.9] [--parts structured,unstructured]
+
+For each model (real COCO weights, input 320, fine-tuned on the 128 coco128 train images,
+scored on its 64 val images), every point is one ``yolo-prune prune`` run of a recipe the script
+writes (``<out>/<model>/recipe.yaml``: the model's own ``train`` settings, and for every method
+the same ``--epochs`` of masked fine-tuning, the same dense-teacher distillation and the same
+least-squares refit of a structured cut on 32 training images), so the methods differ only in
+how they choose what to remove:
+
+* structured, at each ``--flops`` target (the fraction of the dense FLOPs the shrunk model keeps;
+  ``prune --flops`` searches each method's ratio): ``ours`` (``admm-filter``: global structured
+  ADMM on the batch-norm scales, Fisher ranking, conservative early layers, ``--admm-epochs``
+  before the cut), ``l1`` (filter L1 norm, one shot, Li et al. 2017), ``bn`` (batch-norm scale,
+  network slimming's criterion, one shot), ``tp-magnitude`` and ``tp-taylor`` (Torch-Pruning's
+  own channel choice, ``pip install 'yolo_prune[bench]'``). A run that fails (Torch-Pruning
+  cannot trace, no ratio reaches the target, ...) is kept as a row with its error.
+* unstructured, at each ``--ratios``: ``ours-u`` (global ADMM, conservative policy) against
+  ``magnitude`` (one-shot global magnitude), same fine-tuning.
+
+Every rival is compared with ours at the same point by the paired bootstrap over the val images
+(``scripts/compare_points.py``, the shrunk model where channels went). Writes per model
+``results.json``, ``results.md`` and ``structured.png`` (AP50 against the shrunk model's batch-1
+latency in its fastest runtime, measured side by side with dense in the same run; one line per
+method, dense marked). Finished points are kept when run again (delete a folder to redo it).
+Nothing here but CLI calls: every figure comes from ``yolo-prune``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+MODELS = {  # name: (cfg, weights file in shared/data/weights, recipe with its train settings)
+    "yolov3-tiny": ("cfg/yolov3-tiny.cfg", "yolov3-tiny.weights", "cfg/recipes/yolov3-tiny.yaml"),
+    "yolo-fastest": (
+        "cfg/yolo-fastest-1.1-xl.cfg",
+        "yolo-fastest-1.1-xl.weights",
+        "cfg/recipes/yolo-fastest-1.1-xl.yaml",
+    ),
+}
+STRUCTURED = ("ours", "l1", "bn", "tp-magnitude", "tp-taylor")
+UNSTRUCTURED = ("ours-u", "magnitude")
+
+
+def bench_recipe(model: str, epochs: int, admm_epochs: int) -> dict:
+    """The model's recipe (its train settings, size, policy) with the benchmark's variants."""
+    cfg, _, recipe_path = MODELS[model]
+    base = yaml.safe_load((ROOT / recipe_path).read_text())
+    policy = {"first_cap": 0.2, "last_cap": 0.5}  # the conservative early layers of ours
+    tuned = {"epochs": epochs}
+    methods = [
+        {"name": "ours", "method": "admm-filter", "epochs": admm_epochs, "stages": 1,
+         "retrain_epochs": epochs, "policy": policy},
+        {"name": "l1", "method": "channel", "criterion": "l1", **tuned},
+        {"name": "bn", "method": "channel", "criterion": "bn", **tuned},
+        {"name": "tp-magnitude", "method": "torch-pruning", "importance": "magnitude", **tuned},
+        {"name": "tp-taylor", "method": "torch-pruning", "importance": "taylor", **tuned},
+        {"name": "ours-u", "method": "admm", "epochs": admm_epochs, "stages": 1,
+         "retrain_epochs": epochs, "policy": {"first_cap": 0.3, "last_cap": 1.0}},
+        {"name": "magnitude", "method": "magnitude", "iterations": 1, **tuned},
+    ]  # fmt: skip
+    return {
+        "model": cfg,
+        "size": 320,
+        "train": base.get("train") or {},
+        "phases": base.get("phases") or {},
+        "distill": 1.0,  # the same dense teacher for every method
+        "refit": 32,  # the same least-squares refit of every structured cut
+        "methods": methods,
+    }
+
+
+def prune(point: Path, recipe: Path, cfg: str, weights: Path, data: Path, method: str,
+          *extra: str) -> dict:  # fmt: skip
+    """One ``yolo-prune prune`` point; its report, or its error when the run failed."""
+    report = point / "report.json"
+    if report.is_file():
+        return json.loads(report.read_text())
+    point.mkdir(parents=True, exist_ok=True)
+    args = ["prune", "--recipe", str(recipe), "--cfg", cfg, "--weights", str(weights),
+            "--data", str(data),
+            "--method", method, "--out", str(point), "--no-deploy", "--no-progress",
+            *extra]  # fmt: skip
+    print("+ yolo-prune " + " ".join(args), flush=True)
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "yolo_prune.cli.main", *args], cwd=ROOT,
+                         capture_output=True, text=True)  # fmt: skip
+    (point / "log.txt").write_text(run.stdout + run.stderr)
+    if run.returncode != 0:
+        lines = [x for x in run.stderr.strip().splitlines() if x.strip()]
+        error = {"error": lines[-1] if lines else f"exit {run.returncode}",
+                 "minutes": (time.perf_counter() - t0) / 60}  # fmt: skip
+        (point / "error.json").write_text(json.dumps(error, indent=1) + "\n")
+        print("  failed: " + error["error"], flush=True)
+        return error
+    return json.loads(report.read_text())
+
+
+def compare(val: Path, ours: Path, rival: Path) -> dict:
+    """Paired bootstrap of AP50, ours minus rival, over the val images."""
+    out = rival / f"vs-{ours.parent.name}.json"
+    if not out.is_file():
+        subprocess.run([sys.executable, "scripts/compare_points.py", "--data", str(val),
+                        "--a", str(ours), "--b", str(rival), "--out", str(out)],
+                       cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    return json.loads(out.read_text())
+
+
+def row(method: str, target: str, report: dict) -> dict:
+    if "error" in report:
+        return {"method": method, "target": target, "error": report["error"]}
+    shipped = report.get("shrunk") or report["pruned"]
+    admm = report.get("admm") or {}
+    return {
+        "method": method,
+        "target": target,
+        "ratio": report.get("ratio"),
+        "AP50": shipped.get("AP50"),
+        "gflops": shipped.get("gflops"),
+        "gflops_fraction": (shipped.get("gflops") or 0) / report["dense"]["gflops"],
+        "latency_ms": shipped.get("latency_ms"),
+        "dense_AP50": report["dense"].get("AP50"),
+        "dense_latency_ms": report["dense"].get("latency_ms"),
+        "sparsity": report.get("target_sparsity"),
+        "admm_residual": admm.get("final_relative_residual"),
+        "minutes": report.get("minutes"),
+    }
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(model: str, rows: list[dict], argv: list[str]) -> str:
+    lines = [f"# {model}: pruning methods at equal cost, same fine-tuning", "",
+             f"`{' '.join(['python', 'scripts/detector_benchmark.py', *argv])}`", "",
+             f"CPU: {rows[0].get('cpu', '?') if rows else '?'}", "",
+             "| part | target | method | AP50 | ours - it (95% CI) | GFLOPs (x dense) | "
+             "latency ms | ratio | ADMM residual | minutes |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['part']} | {r['target']} | {r['method']} | failed: "
+                         f"{r['error']} | | | | | | |")  # fmt: skip
+            continue
+        cmp = r.get("vs_ours")
+        ci = (f"{100 * cmp['diff']:+.2f} [{100 * cmp['low']:+.2f}, {100 * cmp['high']:+.2f}]"
+              if cmp else "")  # fmt: skip
+        res = "-" if r["admm_residual"] is None else f"{r['admm_residual']:.4f}"
+        lines.append(
+            f"| {r['part']} | {r['target']} | {r['method']} | {_pct(r['AP50'])} | {ci} | "
+            f"{r['gflops']:.3f} ({r['gflops_fraction']:.3f}) | {r['latency_ms'] or 0:.1f} | "
+            f"{r['ratio']} | {res} | {r['minutes']:.1f} |"
+        )
+    dense = next((r for r in rows if "dense_AP50" in r), None)
+    if dense:
+        lines += ["", f"Dense: AP50 {_pct(dense['dense_AP50'])}, "
+                  f"{dense['dense_latency_ms'] or 0:.1f} ms."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(model: str, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in STRUCTURED:
+        pts = sorted((r["latency_ms"], 100 * r["AP50"]) for r in rows
+                     if r["method"] == method and r["part"] == "structured" and "error" not in r
+                     and r["latency_ms"])  # fmt: skip
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=method)
+    dense = [r for r in rows if r.get("dense_latency_ms")]
+    if dense:
+        ms = sum(r["dense_latency_ms"] for r in dense) / len(dense)
+        ax.scatter([ms], [100 * dense[0]["dense_AP50"]], marker="*", s=150, c="k", label="dense")
+    ax.set_xlabel("batch-1 latency, shrunk model, fastest runtime (ms)")
+    ax.set_ylabel("AP50 (%), 64 coco128 val images")
+    ax.set_title(f"{model}: structured pruning at equal FLOPs")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cpu() -> str:
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        name = next(x.split(":", 1)[1].strip() for x in text.splitlines()
+                    if x.startswith("model name"))  # fmt: skip
+        have = set(next(x for x in text.splitlines() if x.startswith("flags")).split())
+        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in have)
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name} [{flags}]"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "detector_benchmark")
+    p.add_argument("--data", type=Path, default=SHARED / "coco128")
+    p.add_argument("--models", default="yolov3-tiny,yolo-fastest")
+    p.add_argument("--epochs", type=int, default=5, help="masked fine-tuning epochs, every method")
+    p.add_argument("--admm-epochs", type=int, default=5, help="ADMM epochs before ours' cut")
+    p.add_argument("--flops", default="0.65,0.45", help="structured FLOPs targets")
+    p.add_argument("--ratios", default="0.5,0.7,0.9", help="unstructured ratios")
+    p.add_argument("--parts", default="structured,unstructured")
+    p.add_argument("--methods", default=",".join(STRUCTURED + UNSTRUCTURED))
+    argv = sys.argv[1:]
+    a = p.parse_args()
+    wanted = set(a.methods.split(","))
+    for model in a.models.split(","):
+        cfg, weights_file, _ = MODELS[model]
+        root = (a.out / model).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        recipe = root / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump(bench_recipe(model, a.epochs, a.admm_epochs),
+                                         sort_keys=False))  # fmt: skip
+        weights = SHARED / "weights" / weights_file
+        rows = []
+        parts = []
+        if "structured" in a.parts:
+            parts += [("structured", f"flops{f}", ("--flops", f), STRUCTURED, "ours")
+                      for f in a.flops.split(",")]  # fmt: skip
+        if "unstructured" in a.parts:
+            parts += [("unstructured", f"r{r}", ("--ratio", r), UNSTRUCTURED, "ours-u")
+                      for r in a.ratios.split(",")]  # fmt: skip
+        for part, target, flag, methods, ours in parts:
+            for method in [m for m in methods if m in wanted]:
+                point = root / part / target / method
+                report = prune(point, recipe, cfg, weights, a.data, method, *flag)
+                rows.append({"part": part, "cpu": cpu(), **row(method, target, report)})
+                if method != ours and "error" not in report:
+                    mine = root / part / target / ours
+                    if (mine / "report.json").is_file():
+                        rows[-1]["vs_ours"] = compare(a.data, mine, point)
+        (root / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (root / "results.md").write_text(markdown(model, rows, argv))
+        plot(model, rows, root / "structured.png")
+        print((root / "results.md").read_text(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
