@@ -195,6 +195,27 @@ class Darknet(nn.Module):
                 out[self._weight_name(spec.index)] = cmap.groups[ids[0]].protected
         return out
 
+    def channel_flops(self) -> dict[str, torch.Tensor]:
+        """GFLOPs per image that go with each output channel of each conv/connected weight:
+        ``{weight name: [out]}``. A prunable group's cost is its producing filters' share of
+        their layers plus its share of the layers reading it, split evenly over its producers
+        (so a group's members sum to what removing it saves); protected channels cost 0."""
+        cmap = self.channel_map()
+        layers = self.graph.layers
+        out = {
+            self._weight_name(spec.index): torch.zeros(spec.out_shape[0])
+            for spec in layers
+            if spec.kind in ("convolutional", "connected")
+        }
+        for grp in cmap.groups:
+            if not grp.prunable or not grp.producers:
+                continue
+            cost = sum(layers[i].bflops / layers[i].out_shape[0] for i, _ in grp.producers)
+            cost += sum(layers[i].bflops / layers[i].in_shape[0] for i, _ in grp.readers)
+            for i, ch in grp.producers:
+                out[self._weight_name(i)][ch] = cost / len(grp.producers)
+        return out
+
     def output_scale_name(self, weight_name: str) -> str | None:
         """The batch-norm scale (gamma) applied to the outputs of ``weight_name``, if any."""
         layer = self.layers[self.prune_depth(weight_name)]

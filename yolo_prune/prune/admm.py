@@ -170,6 +170,7 @@ class ADMMFilterConfig(GroupProjectionMixin, ADMMConfig):
     projection: str = "group"  # must stay "group"
     criterion: str = "fisher"  # fisher (loss rise on data), l1 | l2 norm of W + U, bn (scale)
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
+    per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware)
     penalize: str = "scale"  # scale: ADMM drives each channel's batch-norm scale to Z (the
     # filter where a layer has no batch norm); weight: the filters themselves
 

@@ -92,6 +92,7 @@ class ChannelConfig(GroupProjectionMixin, MagnitudeConfig):
     criterion: str = "fisher"  # fisher | l1 | l2 | bn
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
     epochs: int = 0  # masked fine-tuning epochs (0: one-shot, no training)
+    per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware)
 
     def __post_init__(self) -> None:
         check_group_method("channel", "magnitude", projection=self.projection, norm=self.norm,

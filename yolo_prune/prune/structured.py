@@ -282,6 +282,7 @@ class GroupProjectionMixin:
             criterion=self.criterion,
             round_to=self.round_to,
             importance=importance,
+            per_flop=getattr(self, "per_flop", False),
         )
 
 
@@ -318,6 +319,7 @@ def build_projection(
     criterion: str | None = None,
     round_to: int = 1,
     importance: ImportanceFn | None = None,
+    per_flop: bool = False,
 ) -> Projection:
     """The projection called ``projection``, made ready for ``model``'s targets ``names``.
 
@@ -327,7 +329,10 @@ def build_projection(
     ``importance(model, names)`` (e.g. :func:`~yolo_prune.prune.importance.fisher_channel_scores`
     on training batches, which the caller binds), measured once, at the first call, on the model
     as it is then. ``criterion`` ("l1", "l2", "bn", "fisher"; default ``norm``, else "l2") and
-    ``round_to`` apply to ``group`` only. Weight and BN-scale scores are divided by each layer's
+    ``round_to`` apply to ``group`` only. ``per_flop`` ranks channels by importance per GFLOP
+    they cost (``model.channel_flops()``), so a FLOPs budget goes where it buys the most
+    importance instead of to the cheapest channels.
+    Weight and BN-scale scores are divided by each layer's
     mean score *at the first call* (the dense model's scale), not at every call: under ADMM the
     cut channels of a layer shrink its current mean, which would lift its kept channels in the
     global ranking and move the cut to other layers at every Z-step (measured: Z never settled,
@@ -356,6 +361,13 @@ def build_projection(
         )
     if criterion == "bn":
         filter_scores(model, names, "bn")  # refuse a model without batch-norm scales now
+    costs: dict[str, torch.Tensor] = {}
+    if per_flop:
+        flops = getattr(model, "channel_flops", None)
+        if flops is None:
+            raise PruneError("per_flop ranking needs the model's channel costs "
+                             "(model.channel_flops()); this model has none")  # fmt: skip
+        costs = {n: c for n, c in flops().items() if n in set(names)}
     measured: dict[str, torch.Tensor] = {}
     scale: dict[str, float] = {}  # each layer's mean score at the first call
 
@@ -379,6 +391,10 @@ def build_projection(
         if criterion != "fisher" and not scale:
             raw = scores if scores is not None else {n: _norms(w, norm) for n, w in weights.items()}
             scale.update({n: float(v.detach().abs().float().mean()) for n, v in raw.items()})
+        if costs:  # importance per GFLOP (free channels, cost 0, rank last to go)
+            raw = scores if scores is not None else {n: _norms(w, norm) for n, w in weights.items()}
+            scores = {n: raw[n].detach().abs().float() / costs[n].to(raw[n].device).clamp(min=1e-12)
+                      for n in raw}  # fmt: skip
         return project_channel_groups(
             weights,
             groups,
