@@ -40,3 +40,30 @@ def test_flops_target_refused_for_unstructured_methods_and_bad_values(repo_cfg):
                                       "policy": {"first_cap": 0.0, "last_cap": 0.05}})  # fmt: skip
     with pytest.raises(ConfigError, match="no ratio of this method reaches it within 2%"):
         ratio_for_flops(capped, model, 0.3, importance=None)
+
+
+def test_channel_flops_is_what_removing_a_group_saves(repo_cfg):
+    from yolo_prune.darknet.surgery import shrink
+
+    model = Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=320)
+    costs = model.channel_flops()
+    dense = shrunk_gflops(model, {})
+    prunable = [g for g in model.channel_map().groups if g.prunable]
+    for grp in (prunable[0], prunable[len(prunable) // 2], prunable[-1]):
+        layer, ch = grp.producers[0]
+        cost = float(costs[f"layers.{layer}.conv.weight"][ch]) * len(grp.producers)
+        saved = dense - sum(s.bflops for s in shrink(model, {grp.id}).graph.layers)
+        assert saved == pytest.approx(cost, rel=0.05)
+
+
+def test_per_flop_ranking_spends_a_flops_budget_on_fewer_important_channels(repo_cfg):
+    """At the same FLOPs, ranking by importance per GFLOP removes fewer channels than ranking
+    by importance alone (it takes the expensive ones first)."""
+    model = Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=320)
+    removed = {}
+    for per_flop in (False, True):
+        pruner = build_pruner("channel", {"ratio": 0.3, "criterion": "l1", "per_flop": per_flop})
+        ratio, fraction = ratio_for_flops(pruner, model, 0.6, importance=None)
+        assert fraction == pytest.approx(0.6, abs=0.005)
+        removed[per_flop] = ratio
+    assert removed[True] < removed[False]

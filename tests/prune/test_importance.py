@@ -167,7 +167,8 @@ def test_admm_filter_ranks_by_fisher_when_given_importance():
         calls.append(1)
         return {"0.weight": torch.arange(1.0, 9.0), "1.weight": 100 * torch.arange(1.0, 9.0)}
 
-    options = {"ratio": 0.25, "criterion": "fisher", "epochs": 1, "stages": 1, "retrain_epochs": 0}
+    options = {"ratio": 0.25, "criterion": "fisher", "epochs": 1, "stages": 1, "retrain_epochs": 0,
+               "policy": None}  # fmt: skip
     net = _two_layer_net()
     result = build_pruner("admm-filter", options).run(
         net, fit=lambda *a: None, importance=importance

@@ -77,6 +77,8 @@ logger = logging.getLogger(__name__)
 PENALIZE = ("scale", "weight")
 RESIDUAL_GOAL = 0.02  # adaptive rho: ||W - Z|| / ||W|| aimed at by the end of the ADMM phase
 RHO_STEP = 2.0  # ... rho is multiplied by this at a Z-step above the path
+STALL = 0.9  # ... but not while the residual still falls by a tenth per Z-step (W responds
+# with a lag: doubling at every Z-step behind the path drove yolov3-tiny's rho to the cap)
 ADAPTIVE_UPDATE_EVERY = 4  # Z-steps every this many optimizer steps when rho adapts
 
 
@@ -170,7 +172,10 @@ class ADMMFilterConfig(GroupProjectionMixin, ADMMConfig):
     projection: str = "group"  # must stay "group"
     criterion: str = "fisher"  # fisher (loss rise on data), l1 | l2 norm of W + U, bn (scale)
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
-    per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware)
+    per_flop: bool = True  # rank channels by importance per GFLOP they cost (speed-aware)
+    policy: ConservativePolicy | None = field(  # the first layer loses at most 20% of its
+        default_factory=lambda: ConservativePolicy(first_cap=0.2, last_cap=0.5)  # channels, any
+    )  # other at most half (measured on a training split: docs/structured_tuning.md)
     penalize: str = "scale"  # scale: ADMM drives each channel's batch-norm scale to Z (the
     # filter where a layer has no batch norm); weight: the filters themselves
 
@@ -232,6 +237,7 @@ class ADMMHook(Hook):
         self._start_residual: float | None = None  # ||W0 - Z0|| / ||W0|| (adaptive rho's path)
         self._epochs = 1  # epochs in this ADMM phase (adaptive rho's path)
         self._epoch_steps = 0  # optimizer steps per epoch, once the first epoch has ended
+        self._last_residual: float | None = None  # at the last Z-step (adaptive rho)
         self._params: dict[str, nn.Parameter] = {}
         self._start_epoch = 0  # the epoch this ADMM phase began at (stages count from it)
         self._resumed = False  # load_state_dict() ran: keep its _start_epoch in before_train
@@ -282,7 +288,9 @@ class ADMMHook(Hook):
             return
         start = max(self._start_residual or relative, RESIDUAL_GOAL)
         path = start * (RESIDUAL_GOAL / start) ** min(max(progress, 0.0), 1.0)
-        if relative > path:
+        last, self._last_residual = self._last_residual, relative
+        falling = last is not None and relative < STALL * last
+        if relative > path and not falling:
             self._set_rho_(max(self.rho, min(self.rho * RHO_STEP, cap)))
 
     @torch.no_grad()
@@ -347,6 +355,7 @@ class ADMMHook(Hook):
             "history": self.history,
             "start_residual": self._start_residual,
             "epoch_steps": self._epoch_steps,
+            "last_residual": self._last_residual,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -364,6 +373,7 @@ class ADMMHook(Hook):
         self.history = copy.deepcopy(list(state["history"]))
         self._start_residual = state.get("start_residual")
         self._epoch_steps = int(state.get("epoch_steps") or 0)
+        self._last_residual = state.get("last_residual")
         self._resumed = True
 
     # -- hook points ----------------------------------------------------------------------
@@ -519,11 +529,13 @@ def _expand(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def stable_rho(optimizer: torch.optim.Optimizer) -> float:
-    """Half the largest rho that SGD (heavy ball) follows without diverging: the penalty is a
-    quadratic of curvature rho, stable while ``lr * rho < 2 * (1 + momentum)``. Adam-type
-    optimizers normalise their steps, so they have no such bound (inf)."""
+    """The largest rho an adaptive rho may reach under SGD (heavy ball): an eighth of the
+    bound ``lr * rho < 2 * (1 + momentum)`` of a quadratic of curvature rho alone. The loss's
+    own curvature and the moving Z leave less room: yolov3-tiny's unstructured ADMM diverged
+    at a quarter of it (lr * rho = 1.9) and converged at lr * rho = 0.48. Adam-type optimizers
+    normalise their steps, so they have no such bound (inf)."""
     bounds = [
-        (1 + float(g.get("momentum", 0.0))) / float(g["lr"])
+        (1 + float(g.get("momentum", 0.0))) / (4 * float(g["lr"]))
         for g in optimizer.param_groups
         if "betas" not in g and float(g["lr"]) > 0
     ]

@@ -330,8 +330,8 @@ def build_projection(
     on training batches, which the caller binds), measured once, at the first call, on the model
     as it is then. ``criterion`` ("l1", "l2", "bn", "fisher"; default ``norm``, else "l2") and
     ``round_to`` apply to ``group`` only. ``per_flop`` ranks channels by importance per GFLOP
-    they cost (``model.channel_flops()``), so a FLOPs budget goes where it buys the most
-    importance instead of to the cheapest channels.
+    they cost (``model.channel_flops()``; importance alone for a model without it), so a FLOPs
+    budget goes where it buys the most importance instead of to the cheapest channels.
     Weight and BN-scale scores are divided by each layer's
     mean score *at the first call* (the dense model's scale), not at every call: under ADMM the
     cut channels of a layer shrink its current mean, which would lift its kept channels in the
@@ -362,12 +362,11 @@ def build_projection(
     if criterion == "bn":
         filter_scores(model, names, "bn")  # refuse a model without batch-norm scales now
     costs: dict[str, torch.Tensor] = {}
-    if per_flop:
-        flops = getattr(model, "channel_flops", None)
-        if flops is None:
-            raise PruneError("per_flop ranking needs the model's channel costs "
-                             "(model.channel_flops()); this model has none")  # fmt: skip
+    flops = getattr(model, "channel_flops", None) if per_flop else None
+    if flops is not None:
         costs = {n: c for n, c in flops().items() if n in set(names)}
+    elif per_flop:  # a model that cannot say what a channel costs: importance alone
+        logger.info("per_flop: the model has no channel_flops(); ranking by importance alone")
     measured: dict[str, torch.Tensor] = {}
     scale: dict[str, float] = {}  # each layer's mean score at the first call
 
