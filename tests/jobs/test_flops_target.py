@@ -67,3 +67,17 @@ def test_per_flop_ranking_spends_a_flops_budget_on_fewer_important_channels(repo
         assert fraction == pytest.approx(0.6, abs=0.005)
         removed[per_flop] = ratio
     assert removed[True] < removed[False]
+
+
+def test_binding_caps_lists_the_layers_held_back():
+    import torch
+
+    from yolo_prune.jobs.prune import binding_caps
+
+    a = torch.ones(10, 3, 3, 3, dtype=torch.bool)
+    a[:2] = False  # 20% of the filters: at its cap of 0.2
+    b = torch.ones(10, 3, 3, 3, dtype=torch.bool)
+    b[:1] = False  # 10%: under its cap of 0.5
+    rows = binding_caps({"a": a, "b": b}, {"a": 0.2, "b": 0.5})
+    assert rows == [{"name": "a", "cap": 0.2, "pruned": pytest.approx(0.2)}]
+    assert binding_caps({"a": a}, None) is None

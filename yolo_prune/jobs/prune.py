@@ -302,6 +302,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "history": json.loads(json.dumps(result.history, default=float)),
         "admm": admm_summary(result.history),
         "layers": layer_sparsity(model, result.masks),
+        "caps_bind": binding_caps(result.masks, result.info.get("caps")),
         "minutes": (time.perf_counter() - started) / 60,
     }
     atomic_write_text(out / "report.md", format_report(report))
@@ -536,6 +537,28 @@ def layer_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[
     return rows
 
 
+def binding_caps(
+    masks: Mapping[str, torch.Tensor], caps: Mapping[str, float] | None
+) -> list[dict[str, Any]] | None:
+    """The layers where the conservative policy's cap held the cut back (pruned up to their
+    cap, within one filter for a structured cut or one weight), with the cap and the fraction
+    pruned; None without caps."""
+    if not caps:
+        return None
+    rows = []
+    for name, cap in caps.items():
+        mask = masks.get(name)
+        if mask is None or cap >= 1.0:
+            continue
+        pruned = 1.0 - int(mask.sum()) / mask.numel()
+        filters = mask.reshape(mask.shape[0], -1)
+        whole = bool((filters.all(1) | ~filters.any(1)).all())
+        unit = 1.0 / mask.shape[0] if whole else 1.0 / mask.numel()
+        if pruned >= cap - unit - 1e-9:
+            rows.append({"name": name, "cap": float(cap), "pruned": pruned})
+    return rows
+
+
 def plot_layer_sparsity(
     model: nn.Module, masks: Mapping[str, torch.Tensor], path: Path, *, title: str
 ) -> None:
@@ -631,6 +654,11 @@ def format_report(report: Mapping[str, Any]) -> str:
     if report.get("refit_at") == "the cut, before fine-tuning":
         lines += ["", f"The structured cut was refitted to the dense model by least squares on "
                   f"{report['refit_images']} training images before fine-tuning."]  # fmt: skip
+    if report.get("caps_bind") is not None:
+        bound = report["caps_bind"]
+        lines += ["", "Conservative caps: " + ("bind in " + ", ".join(
+            f"{r['name']} ({100 * r['pruned']:.0f}% pruned, cap {100 * r['cap']:.0f}%)"
+            for r in bound) if bound else "set, but never bind") + "."]  # fmt: skip
     admm = report.get("admm")
     if admm:
         worst = sorted(admm["layers"].items(), key=lambda kv: -kv[1])[:3]
