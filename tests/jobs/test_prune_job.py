@@ -184,6 +184,8 @@ def test_cli_errors_are_one_line(tiny_dataset, tiny_weights, tiny_recipe, tmp_pa
         (["--set", "ratoi=0.5"], "unknown key 'ratoi'"),
         (["--data", str(tmp_path / "none")], "no such dataset folder"),
         (["--cfg", str(TINY_CFG.parents[2] / "cfg" / "lenet5.cfg")], "has no [yolo] layer"),
+        (["--flops", "1.5"], "--flops 1.5; expected a fraction of the dense FLOPs in (0, 1)"),
+        (["--flops", "0.5", "--ratio", "0.3"], "give --ratio or --flops, not both"),
     ]
     for extra, message in cases:
         code, cap = _cli(base + extra, capsys)

@@ -158,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
     method = recipe.get("method") or "admm"
     if recipe.get("ratio") is None and recipe.get("flops") is None:
         raise ConfigError("no ratio: give --ratio R (the fraction of weights to remove, e.g. 0.5)")
+    if args.flops is not None and args.ratio is not None:
+        raise ConfigError("give --ratio or --flops, not both (--flops searches the ratio)")
+    if args.flops is not None and not 0 < args.flops < 1:
+        raise ConfigError(f"--flops {args.flops}; expected a fraction of the dense FLOPs in (0, 1)")
     config = PruneJobConfig(
         **inputs,
         out=args.out,
