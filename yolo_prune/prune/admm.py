@@ -532,7 +532,7 @@ def stable_rho(optimizer: torch.optim.Optimizer) -> float:
     """The largest rho an adaptive rho may reach under SGD (heavy ball): an eighth of the
     bound ``lr * rho < 2 * (1 + momentum)`` of a quadratic of curvature rho alone. The loss's
     own curvature and the moving Z leave less room: yolov3-tiny's unstructured ADMM diverged
-    at a quarter of it (lr * rho = 1.9) and converged at lr * rho = 0.48. Adam-type optimizers
+    at half of it (lr * rho = 1.9) and converged at lr * rho = 0.48. Adam-type optimizers
     normalise their steps, so they have no such bound (inf)."""
     bounds = [
         (1 + float(g.get("momentum", 0.0))) / (4 * float(g["lr"]))
