@@ -249,9 +249,7 @@ def test_adaptive_rho_starts_at_the_gradient_to_gap_ratio_and_follows_the_residu
     assert hook.rho == pytest.approx(2 * rho)
     hook.steer_(0.5, progress=0.5, cap=3 * rho)  # behind, but at the stability cap
     assert hook.rho == pytest.approx(3 * rho)
-    hook.steer_(0.4, progress=0.5)  # behind, but falling by more than a tenth: W responds
-    assert hook.rho == pytest.approx(3 * rho)
-    hook.steer_(0.39, progress=0.5)  # behind and stalled: pull harder
+    hook.steer_(0.4, progress=0.5)  # still behind: pull harder
     assert hook.rho == pytest.approx(6 * rho)
     fixed = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1, rho=0.3))
     fixed.steer_(0.5, progress=0.5)  # a rho given by the user stays as given

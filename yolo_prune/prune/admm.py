@@ -77,8 +77,6 @@ logger = logging.getLogger(__name__)
 PENALIZE = ("scale", "weight")
 RESIDUAL_GOAL = 0.02  # adaptive rho: ||W - Z|| / ||W|| aimed at by the end of the ADMM phase
 RHO_STEP = 2.0  # ... rho is multiplied by this at a Z-step above the path
-STALL = 0.9  # ... but not while the residual still falls by a tenth per Z-step (W responds
-# with a lag: doubling at every Z-step behind the path drove yolov3-tiny's rho to the cap)
 ADAPTIVE_UPDATE_EVERY = 4  # Z-steps every this many optimizer steps when rho adapts
 
 
@@ -237,7 +235,6 @@ class ADMMHook(Hook):
         self._start_residual: float | None = None  # ||W0 - Z0|| / ||W0|| (adaptive rho's path)
         self._epochs = 1  # epochs in this ADMM phase (adaptive rho's path)
         self._epoch_steps = 0  # optimizer steps per epoch, once the first epoch has ended
-        self._last_residual: float | None = None  # at the last Z-step (adaptive rho)
         self._params: dict[str, nn.Parameter] = {}
         self._start_epoch = 0  # the epoch this ADMM phase began at (stages count from it)
         self._resumed = False  # load_state_dict() ran: keep its _start_epoch in before_train
@@ -288,9 +285,7 @@ class ADMMHook(Hook):
             return
         start = max(self._start_residual or relative, RESIDUAL_GOAL)
         path = start * (RESIDUAL_GOAL / start) ** min(max(progress, 0.0), 1.0)
-        last, self._last_residual = self._last_residual, relative
-        falling = last is not None and relative < STALL * last
-        if relative > path and not falling:
+        if relative > path:
             self._set_rho_(max(self.rho, min(self.rho * RHO_STEP, cap)))
 
     @torch.no_grad()
@@ -355,7 +350,6 @@ class ADMMHook(Hook):
             "history": self.history,
             "start_residual": self._start_residual,
             "epoch_steps": self._epoch_steps,
-            "last_residual": self._last_residual,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -373,7 +367,6 @@ class ADMMHook(Hook):
         self.history = copy.deepcopy(list(state["history"]))
         self._start_residual = state.get("start_residual")
         self._epoch_steps = int(state.get("epoch_steps") or 0)
-        self._last_residual = state.get("last_residual")
         self._resumed = True
 
     # -- hook points ----------------------------------------------------------------------
