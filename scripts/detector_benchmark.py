@@ -112,7 +112,7 @@ def prune(point: Path, recipe: Path, cfg: str, weights: Path, data: Path, method
 
 def compare(val: Path, ours: Path, rival: Path) -> dict:
     """Paired bootstrap of AP50, ours minus rival, over the val images."""
-    out = rival / f"vs-{ours.parent.name}.json"
+    out = rival / f"vs-{ours.name}.json"
     if not out.is_file():
         subprocess.run([sys.executable, "scripts/compare_points.py", "--data", str(val),
                         "--a", str(ours), "--b", str(rival), "--out", str(out)],
