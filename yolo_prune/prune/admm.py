@@ -450,20 +450,44 @@ class ADMMPruner:
     def __init__(self, config: ADMMConfig):
         self.config = config
 
+    def _setup(
+        self, model: nn.Module, importance: ImportanceFn | None
+    ) -> tuple[list[str], dict[str, float] | None, dict[str, str], Projection]:
+        """Targets, caps, ADMM's variables (``target -> parameter``) and the projection over
+        those variables."""
+        cfg = self.config
+        names, caps = prepare_targets(model, cfg.targets, cfg.policy)
+        variables = cfg.admm_variables(model, names)
+        return (
+            names,
+            caps,
+            variables,
+            _on_variables(cfg.build_projection(model, names, importance), variables),
+        )
+
+    @staticmethod
+    @torch.no_grad()
+    def _cut(
+        model: nn.Module,
+        project: Projection,
+        variables: Mapping[str, str],
+        ratio: float,
+        caps: Mapping[str, float] | None,
+    ) -> dict[str, torch.Tensor]:
+        """The masks of the targets for ``project(variables)`` at ``ratio`` (per-channel
+        variables broadcast to their filter banks)."""
+        chosen = project(target_weights(model, list(variables.values())), ratio, caps=caps)
+        weights = target_weights(model, list(variables))
+        return {n: _expand(chosen[v], weights[n]) for n, v in variables.items()}
+
     def plan(
         self, model: nn.Module, ratio: float, *, importance: ImportanceFn | None = None
     ) -> dict[str, torch.Tensor]:
         """The masks a hard prune of ``model`` as it is would keep at ``ratio`` (``Z0``), without
         training; what a FLOPs target is searched on (with a fixed ranking such as Fisher's, the
         channels ADMM will remove)."""
-        cfg = self.config
-        names, caps = prepare_targets(model, cfg.targets, cfg.policy)
-        variables = cfg.admm_variables(model, names)
-        project = _on_variables(cfg.build_projection(model, names, importance), variables)
-        with torch.no_grad():
-            chosen = project(target_weights(model, list(variables.values())), ratio, caps=caps)
-        weights = target_weights(model, names)
-        return {n: _expand(chosen[v], weights[n]) for n, v in variables.items()}
+        _, caps, variables, project = self._setup(model, importance)
+        return self._cut(model, project, variables, ratio, caps)
 
     def run(
         self,
@@ -475,17 +499,12 @@ class ADMMPruner:
     ) -> PruneResult:
         """Prune ``model`` in place; ``fit``/``evaluate`` as in :mod:`yolo_prune.prune.base`."""
         cfg = self.config
-        names, caps = prepare_targets(model, cfg.targets, cfg.policy)
-        variables = cfg.admm_variables(model, names)
-        project = _on_variables(cfg.build_projection(model, names, importance), variables)
+        names, caps, variables, project = self._setup(model, importance)
         hook = ADMMHook(list(variables.values()), cfg, caps=caps, project=project)
         # Check the request (ratio vs. caps, empty layers) before spending any epoch on it.
         hook.init_(target_weights(model, hook.names))
         fit("admm", cfg.epochs, [hook])
-        with torch.no_grad():
-            chosen = hook.project(target_weights(model, hook.names), cfg.ratio, caps=caps)
-        weights = target_weights(model, names)
-        masks = {n: _expand(chosen[v], weights[n]) for n, v in variables.items()}
+        masks = self._cut(model, hook.project, variables, cfg.ratio, caps)
         apply_masks_(model, masks)
         history = [dict(h, phase="admm") for h in hook.history]
         if cfg.retrain_epochs:
