@@ -1,7 +1,12 @@
-"""``yolo-prune prune``: prune a detector end to end and report dense vs pruned.
+"""``yolo-prune prune``: prune a detector or a classifier end to end, report dense vs pruned.
 
     yolo-prune prune --cfg cfg/yolov3-tiny.cfg --weights W --data TRAIN --val VAL \\
         --ratio 0.5 [--method admm] [--recipe cfg/recipes/yolov3-tiny.yaml] --out DIR
+    yolo-prune prune --cfg cfg/lenet5.cfg --data ../shared/data/mnist --ratio 0.99 --out DIR
+
+The task follows the cfg: a ``[yolo]`` layer makes a detector (COCO / YOLO-txt data, AP50),
+anything else a classifier (MNIST or CIFAR-10, top-1). Without ``--weights`` a classifier
+recipe's ``dense_epochs`` train the dense model first.
 
 Without ``--recipe`` the recipe ``cfg/recipes/<cfg name>.yaml`` is used when there is one.
 Flags override the recipe's keys; ``--set KEY=VALUE`` any other key (``--set train.lr=0.002``).
@@ -57,11 +62,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "prune",
-        help="prune a detector, fine-tune it, report dense vs pruned",
+        help="prune a detector or classifier, fine-tune it, report dense vs pruned",
         description=(
-            "Evaluate the dense detector, prune it (ADMM phase, hard prune, masked fine-tune "
-            "for admm), evaluate again, and write pruned weights, a sparse file, the report and "
-            "a per-layer chart to --out. Registered methods: " + ", ".join(sorted(METHODS))
+            "Evaluate the dense model (a detector, or a classifier on MNIST / CIFAR-10), prune "
+            "it (ADMM phase, hard prune, masked fine-tune for admm), evaluate again, and write "
+            "pruned weights, a sparse file, the report and a per-layer chart to --out. "
+            "Registered methods: " + ", ".join(sorted(METHODS))
         ),
     )
     add_common(p)
@@ -87,25 +93,12 @@ def default_recipe(cfg: Path | None) -> Path | None:
     return None
 
 
-def check_detector_cfg(cfg: Path) -> None:
-    """Refuse a classifier cfg up front (before its recipe, which has another format)."""
-    from yolo_prune.darknet.cfg import load_cfg
-
-    require_file(cfg, "cfg file")
-    if not any(section.kind == "yolo" for section in load_cfg(cfg)):
-        raise ConfigError(
-            f"{cfg.name} has no [yolo] layer: yolo-prune prune/sweep prune detectors on "
-            "detection data; for LeNet-5 / ResNet-56 run scripts/prune_classifier.py "
-            "with cfg/recipes/<model>.yaml"
-        )
-
-
 def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe with the flags applied (flags win)."""
     from yolo_prune.jobs.recipe import apply_overrides, normalise, read_recipe
 
     if args.cfg is not None:
-        check_detector_cfg(args.cfg)
+        require_file(args.cfg, "cfg file")
     path = args.recipe or default_recipe(args.cfg)
     recipe = read_recipe(path) if path is not None else normalise({})
     sets = list(args.set)
@@ -132,10 +125,14 @@ def job_inputs(args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, An
         raise ConfigError("no model: give --cfg or a recipe with 'model:'")
     require_file(cfg, "cfg file")
     weights = args.weights or recipe.get("weights")
-    if weights is None:
-        raise ConfigError("no dense weights: give --weights FILE (or a name such as yolov4-tiny)")
-    weights = resolve_weights(resolve_path(recipe, weights))
-    require_file(weights, "weights file")
+    if weights is None and not recipe.get("dense_epochs"):
+        raise ConfigError(
+            "no dense weights: give --weights FILE (or a name such as yolov4-tiny), or a recipe "
+            "with dense_epochs: N to train the dense model first"
+        )
+    if weights is not None:
+        weights = resolve_weights(resolve_path(recipe, weights))
+        require_file(weights, "weights file")
     data = args.data or resolve_path(recipe, recipe.get("data"))
     if data is None:
         raise ConfigError("no training data: give --data FOLDER")
@@ -147,11 +144,12 @@ def job_inputs(args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, An
         raise ConfigError(f"--calib-images {args.calib_images}; expected a positive integer")
     if args.max_val_images is not None and args.max_val_images < 1:
         raise ConfigError(f"--max-val-images {args.max_val_images}; expected a positive integer")
-    return {"cfg": Path(cfg), "weights": Path(weights), "data": Path(data), "val": Path(val)}
+    return {"cfg": Path(cfg), "weights": Path(weights) if weights is not None else None,
+            "data": Path(data), "val": Path(val)}  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    from yolo_prune.jobs.prune import PruneJobConfig, format_report, run_prune
+    from yolo_prune.jobs.prune import PruneJobConfig, check_job, format_report, run_prune
 
     recipe = recipe_from_args(args)
     inputs = job_inputs(args, recipe)
@@ -175,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         val_split=args.val_split,
         max_val_images=args.max_val_images,
     )
+    check_job(recipe, config.task(), [method])
     report = run_prune(config)
     print(format_report(report), end="")
     print(f"outputs: {args.out}/ (report.md, report.json, pruned.weights, pruned.sparse, ...)")

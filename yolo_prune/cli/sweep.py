@@ -16,7 +16,9 @@ from yolo_prune.cli.prune import add_common, job_inputs, recipe_from_args
 from yolo_prune.errors import ConfigError
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _floats(text: str) -> tuple[float | None, ...]:
+    if text.strip() == "own":  # each variant at the ratio its recipe entry gives
+        return (None,)
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -30,12 +32,21 @@ def _names(text: str) -> tuple[str, ...]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sweep",
-        help="AP50 vs sparsity over ratios and methods (table, plot, JSON; resumable)",
+        help="AP50 (top-1) vs sparsity over ratios and methods (table, plot, JSON; resumable)",
         description="Run yolo-prune prune for every method at every ratio; resumable.",
     )
     add_common(p)
-    p.add_argument("--ratios", type=_floats, default=(0.1, 0.3, 0.5, 0.7, 0.9), help="e.g. 0.5,0.9")
-    p.add_argument("--methods", type=_names, help="recipe variants or methods (default: admm)")
+    p.add_argument(
+        "--ratios",
+        type=_floats,
+        default=(0.1, 0.3, 0.5, 0.7, 0.9),
+        help="e.g. 0.5,0.9; 'own': each variant once, at its recipe entry's ratio",
+    )
+    p.add_argument(
+        "--methods",
+        type=_names,
+        help="recipe variants or methods, or 'all' (every variant of the recipe; default: admm)",
+    )
     p.set_defaults(func=run)
 
 
@@ -48,9 +59,12 @@ def run(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     inputs = job_inputs(args, recipe)
     methods = args.methods or (recipe.get("method") or "admm",)
+    if methods == ("all",):  # every variant of the recipe, in its order
+        methods = tuple(recipe["methods"]) or ("admm",)
     for method in methods:  # a typo or an impossible point fails before the first point
         for ratio in args.ratios:
-            build_config(*variant_options({**recipe, "ratio": ratio}, method))
+            build_config(*variant_options({**recipe, "ratio": ratio or recipe.get("ratio")},
+                                          method))  # fmt: skip
     if not args.ratios:
         raise ConfigError("--ratios is empty; give e.g. 0.5,0.7,0.9")
     job = PruneJobConfig(
@@ -68,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def show(row: dict) -> None:
+        metric = "top1" if row.get("top1") is not None else "AP50"
         print(
-            f"{row['method']} at {row['ratio']:g}: sparsity {100 * (row['sparsity'] or 0):.1f}%, "
-            f"AP50 {100 * (row['AP50'] or 0):.2f}",
+            f"{row['method']} at {row['ratio']}: sparsity {100 * (row['sparsity'] or 0):.2f}%, "
+            f"{metric} {100 * (row[metric] or 0):.2f}",
             flush=True,
         )
 

@@ -37,7 +37,8 @@ from torch import nn
 
 from yolo_prune.errors import ConfigError
 from yolo_prune.jobs.recipe import to_yaml, variant_distill, variant_options, variant_refit
-from yolo_prune.prune.masks import apply_masks_
+from yolo_prune.jobs.tasks import Task, TaskInputs, build_task
+from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,11 @@ logger = logging.getLogger(__name__)
 class PruneJobConfig:
     """One pruning run: what model, which data, which recipe variant, where to write."""
 
-    cfg: Path  # Darknet .cfg of the dense model
-    weights: Path | None  # its weights (.weights, .pt or sparse); None: random init (tests)
-    data: Path  # training dataset folder (COCO JSON or YOLO txt)
-    val: Path  # validation dataset folder (AP, AP50 before and after)
+    cfg: Path  # Darknet .cfg of the dense model (a detector or a classifier)
+    weights: Path | None  # its weights (.weights, .pt or sparse); None: the recipe's
+    # `dense_epochs` of training (classifiers), else random init (tests)
+    data: Path  # training dataset folder (COCO JSON or YOLO txt; MNIST or CIFAR-10)
+    val: Path  # validation dataset folder (detection: AP before and after)
     out: Path  # output folder
     recipe: Mapping[str, Any]  # normalised recipe (see yolo_prune.jobs.recipe), overrides applied
     method: str  # the variant of recipe["methods"] (or a registered method) to run
@@ -60,17 +62,25 @@ class PruneJobConfig:
     val_split: str | None = None  # validation split (None: the first val* split)
     max_val_images: int | None = None  # evaluate on the first images only (smoke runs)
     dense_metrics: Mapping[str, Any] | None = None  # figures of the dense model, if known
-    extra_train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig overrides (tests)
+    extra_train: Mapping[str, Any] = field(default_factory=dict)  # train overrides (tests)
     keep_checkpoints: bool = False  # keep phases/*/last.pt after a finished run (100s of MB)
     deploy: bool = True  # write pruned.onnx and pruned-int8.onnx, score and time the INT8 one
     calib_images: int = 64  # training images that calibrate the INT8 model
+
+    def task(self) -> Task:
+        """The task of the cfg (detection or classification), with the recipe's settings."""
+        inputs = TaskInputs(cfg=self.cfg, data=self.data, val=self.val, val_split=self.val_split,
+                            device=self.device, progress=self.progress,
+                            max_val_images=self.max_val_images)  # fmt: skip
+        return build_task(inputs).with_settings(self.recipe.get("train") or {})
 
 
 def phase_settings(recipe: Mapping[str, Any], phase: str) -> dict[str, Any]:
     """``train`` settings of ``phase``: the recipe's ``train``, then its ``phases`` entry.
 
     A phase ``finetune-2`` or ``round-3`` also matches the entry ``finetune`` / ``round``;
-    ``default`` applies to phases with no entry of their own.
+    ``default`` applies to phases with no entry of their own (the recipe's phase names are
+    checked against the methods' when it is read).
     """
     phases = recipe.get("phases") or {}
     base = phase.rstrip("0123456789").rstrip("-")
@@ -91,98 +101,91 @@ def merged_config(recipe: Mapping[str, Any], name: str) -> str:
     return to_yaml({**keep, "method": name, "methods": {name: ran}})
 
 
-def load_dense(cfg: Path, weights: Path | None, *, size: int | None) -> nn.Module:
-    """The dense model of ``cfg`` at ``size``, filled from ``weights`` (any supported format)."""
-    from yolo_prune.darknet import Darknet
-    from yolo_prune.jobs.models import load_model
+def check_job(
+    recipe: Mapping[str, Any], task: Task, methods: Sequence[str], *, ratios: int = 1
+) -> None:
+    """Refuse, before any work, what the job could only fail at later: ``train``/``phases``
+    settings that are not the task's, a variant that spends other than the recipe's
+    ``budget_epochs``, and a method without a ratio swept over ``ratios`` > 1 ratios (its points
+    would all be the same run).
 
-    if weights is None:
-        model = Darknet.from_cfg(cfg, size=size)
-    else:
-        model, _ = load_model(cfg, weights, size=size)
-    if not getattr(model, "is_detector", False):
-        raise ConfigError(
-            f"{cfg.name} has no [yolo] layer; yolo-prune prune fine-tunes detectors on "
-            "detection data (for LeNet-5 / ResNet-56 see scripts/prune_classifier.py)"
-        )
+    Raises:
+        ConfigError: one line naming the key or the variant.
+    """
+    from yolo_prune.prune import build_config
+
+    task.check_settings(recipe.get("train") or {}, "train")
+    for phase, values in (recipe.get("phases") or {}).items():
+        task.check_settings({**(recipe.get("train") or {}), **values}, f"phases.{phase}")
+    budget = recipe.get("budget_epochs")
+    for name in methods:
+        method, options = variant_options({**recipe, "ratio": recipe.get("ratio") or 0.5}, name)
+        config = build_config(method, options)
+        if budget is not None and config.epochs_spent() != budget:
+            raise ConfigError(
+                f"methods.{name} spends {config.epochs_spent()} training epochs but the recipe's "
+                f"budget_epochs is {budget}; make them equal or drop budget_epochs"
+            )
+        if ratios > 1 and not hasattr(config, "ratio"):
+            raise ConfigError(
+                f"method {name!r} ({method}) has no ratio (it decides how much to remove "
+                f"itself), so {ratios} ratios would run the same point {ratios} times; sweep it "
+                "with one ratio"
+            )
+
+
+def dense_model(config: PruneJobConfig, task: Task) -> nn.Module:
+    """The dense model: loaded from ``config.weights``; without weights, trained for the
+    recipe's ``dense_epochs`` (saved as ``out/dense.weights``) or, with none, freshly
+    initialised (tests)."""
+    recipe = config.recipe
+    model = task.load_dense(config.weights, size=recipe.get("size"))
+    epochs = recipe.get("dense_epochs") or 0
+    if config.weights is None and epochs:
+        logger.info("training the dense model: %d epochs", epochs)
+        task.fit(model, "dense", epochs, [], settings=phase_settings(recipe, "dense"),
+                 teacher=None, distill=0.0, out=config.out / "phases" / "dense")  # fmt: skip
+        model.save_weights(config.out / "dense.weights")
     return model
 
 
-def evaluate_on_val(model: nn.Module, config: PruneJobConfig) -> dict[str, Any]:
-    """COCO AP and size figures of ``model`` on the job's validation set, preprocessed as in
-    training (the recipe's ``train.letterbox``, else the cfg's ``letter_box``); no timing: the
-    job times its models side by side at the end."""
-    from yolo_prune.eval.detection import evaluate_detector
+@dataclass
+class _Cut:
+    """What the job's ``fit`` callback did to the model at the structured cut."""
 
-    return evaluate_detector(
-        model,
-        config.val,
-        split=config.val_split,
-        letterbox=(config.recipe.get("train") or {}).get("letterbox"),
-        device=config.device,
-        max_images=config.max_val_images,
-        latency=False,
-        progress=config.progress,
-    )
+    refitted: bool = False  # the cut was refitted by least squares before a masked phase
 
 
-def run_prune(config: PruneJobConfig) -> dict[str, Any]:
-    """Evaluate, prune, fine-tune, evaluate, write the outputs; returns the report.
-
-    Raises:
-        ConfigError, DataError, WeightsError, PruneError: bad options, data, weights or a
-            pruning request the model cannot satisfy (raised before any training).
-    """
-    from yolo_prune.detect.calibrate import calibration_images, fisher_importance
-    from yolo_prune.detect.train import TrainConfig, train_detector
-    from yolo_prune.prune import build_pruner
-
-    started = time.perf_counter()
-    recipe = config.recipe
-    if recipe.get("flops") is not None and recipe.get("ratio") is None:
-        recipe = {**recipe, "ratio": 0.3}  # provisional: the FLOPs target sets the ratio
-    method, options = variant_options(recipe, config.method)
-    distill = variant_distill(recipe, config.method)
-    refit = variant_refit(recipe, config.method)
-    pruner = build_pruner(method, options)  # validates the options before any work
-    size = recipe.get("size")
-    model = load_dense(config.cfg, config.weights, size=size)
-    out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
-
-    def evaluate(net: nn.Module) -> dict[str, Any]:
-        return evaluate_on_val(net, config)
-
-    if config.dense_metrics is not None:
-        dense = dict(config.dense_metrics)
-    else:
-        logger.info("evaluating the dense model")
-        dense = evaluate(model)
-    atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
-
-    # One frozen copy of the dense model: the teacher (never trained), the timing baseline and
-    # the refit's target.
-    dense_model = copy.deepcopy(model) if config.latency or distill or refit else None
-    teacher = dense_model if distill else None
-    phases: list[dict[str, Any]] = []
-
-    refitted = False  # the structured cut was refitted before a masked phase
+def make_fit(
+    config: PruneJobConfig,
+    task: Task,
+    model: nn.Module,
+    *,
+    recipe: Mapping[str, Any],
+    teacher: nn.Module | None,
+    distill: float,
+    refit: int,
+    dense: nn.Module | None,
+    phases: list[dict[str, Any]],
+    cut: _Cut,
+) -> Callable[[str, int, Sequence[Any]], None]:
+    """The ``fit(phase, epochs, hooks)`` callback the pruner drives: the task's training with
+    the pruner's hooks. Before the first phase with hard masks, channels cut whole are folded
+    (training and eval mode must see the same network) or, with ``refit`` images, the cut is
+    refitted to the dense model by least squares, once: refitting after the fine-tuning would
+    undo it."""
 
     def fit(phase: str, epochs: int, hooks: Sequence[Any]) -> None:
-        nonlocal refitted
         if epochs < 1:
             return
         t0 = time.perf_counter()
-        if any(isinstance(getattr(h, "masks", None), Mapping) for h in hooks):
-            # Hard masks: channels cut whole must stay the same in training and eval mode, and
-            # the fine-tuning starts from the least-squares refit of the cut (once), not from
-            # the raw cut: refitting after it would undo the fine-tuning.
-            refit_now = getattr(model, "refit_pruned_", None) if refit and not refitted else None
-            if refit_now is not None:
-                images = calibration_images(model, config.data, images=refit, letterbox=letterbox)
-                folded = refit_now(dense_model, images)
-                refitted = bool(folded)
+        masked = [h.masks for h in hooks if isinstance(h, MaskHook)]
+        if masked:
+            refit_now = getattr(model, "refit_pruned_", None)
+            if refit and not cut.refitted and refit_now is not None:
+                images = task.calibration(model, refit)
+                folded = refit_now(dense, images)
+                cut.refitted = bool(folded)
                 if folded:
                     logger.info("%d pruned channel groups refitted on %d images before %s",
                                 len(folded), images.shape[0], phase)  # fmt: skip
@@ -192,40 +195,61 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
                 if folded:
                     logger.info("%d pruned channel groups folded before %s", len(folded), phase)
         settings = {**phase_settings(recipe, phase), **config.extra_train}
-        try:
-            train_config = TrainConfig(
-                cfg=config.cfg,
-                data=config.data,
-                out=out / "phases" / phase,
-                epochs=epochs,
-                size=model.input_shape[1],
-                device=config.device,
-                progress=config.progress,
-                distill=distill,
-                **settings,
-            )
-        except TypeError as exc:
-            raise ConfigError(f"train settings of phase {phase!r}: {exc}") from None
-        result = train_detector(train_config, hooks=hooks, model=model, teacher=teacher)
-        if result["ema"] is not None:  # continue from (and prune) the averaged weights
-            model.load_state_dict(result["ema"].state_dict())
-        for hook in hooks:  # EMA of masked weights keeps the zeros; re-assert them anyway
-            masks = getattr(hook, "masks", None)
-            if isinstance(masks, Mapping):
-                apply_masks_(model, masks)
-        last = result["history"][-1] if result["history"] else {}
+        last = task.fit(model, phase, epochs, hooks, settings=settings, teacher=teacher,
+                        distill=distill, out=config.out / "phases" / phase)  # fmt: skip
+        for masks in masked:  # an EMA of masked weights keeps the zeros; re-assert them anyway
+            apply_masks_(model, masks)
         phases.append(
             {"phase": phase, "epochs": epochs, "minutes": (time.perf_counter() - t0) / 60, **last}
         )
 
-    def evaluate_ap50() -> float:
-        return float(evaluate(model)["AP50"])
+    return fit
+
+
+def run_prune(config: PruneJobConfig) -> dict[str, Any]:
+    """Evaluate, prune, fine-tune, evaluate, write the outputs; returns the report.
+
+    Raises:
+        ConfigError, DataError, WeightsError, PruneError: bad options, data, weights or a
+            pruning request the model cannot satisfy (raised before any training).
+    """
+    from yolo_prune.prune import build_pruner
+
+    started = time.perf_counter()
+    task = config.task()
+    recipe = config.recipe
+    check_job(recipe, task, [config.method])
+    if recipe.get("flops") is not None and recipe.get("ratio") is None:
+        recipe = {**recipe, "ratio": 0.3}  # provisional: the FLOPs target sets the ratio
+    method, options = variant_options(recipe, config.method)
+    distill = variant_distill(recipe, config.method)
+    refit = variant_refit(recipe, config.method)
+    pruner = build_pruner(method, options)  # validates the options before any work
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
+    t_dense = time.perf_counter()
+    model = dense_model(config, task)
+    trained = None
+    if config.weights is None and recipe.get("dense_epochs"):
+        trained = {
+            "epochs": recipe["dense_epochs"],
+            "minutes": (time.perf_counter() - t_dense) / 60,
+        }
+
+    if config.dense_metrics is not None:
+        dense = dict(config.dense_metrics)
+    else:
+        logger.info("evaluating the dense model")
+        dense = task.evaluate(model)
+    atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
+
+    # One frozen copy of the dense model: the teacher (never trained), the timing baseline and
+    # the refit's target.
+    frozen = copy.deepcopy(model) if config.latency or distill or refit else None
 
     logger.info("pruning with %s (%s) at ratio %s", config.method, method, options.get("ratio"))
-    letterbox = (recipe.get("train") or {}).get("letterbox")
-    importance = fisher_importance(
-        config.data, letterbox=letterbox, device=config.device, progress=config.progress
-    )  # measured only if the method ranks channels by the "fisher" criterion
+    importance = task.importance()  # measured only if the method ranks channels by "fisher"
     flops = None
     if recipe.get("flops") is not None:  # aim at a FLOPs target: search the ratio first
         ratio, flops = ratio_for_flops(pruner, model, float(recipe["flops"]), importance)
@@ -235,32 +259,37 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
         logger.info("ratio %.4f gives %.4f of the dense FLOPs (target %s)", ratio, flops,
                     recipe["flops"])  # fmt: skip
-    result = pruner.run(model, fit=fit, evaluate=evaluate_ap50, importance=importance)
+    phases: list[dict[str, Any]] = []
+    cut = _Cut()
+    teacher = frozen if distill else None
+    fit = make_fit(config, task, model, recipe=recipe, teacher=teacher, distill=distill,
+                   refit=refit, dense=frozen, phases=phases, cut=cut)  # fmt: skip
+    result = pruner.run(model, fit=fit, evaluate=lambda: task.score(model), importance=importance)
     model.eval()
-    pruned = evaluate(model)
+    pruned = task.evaluate(model)
 
     files = save_pruned(model, out, meta={"method": config.method, "ratio": options.get("ratio")})
     calibration = None
-    if refit and not refitted:  # a one-shot cut: refit the shrunk model at the end
-        calibration = calibration_images(model, config.data, images=refit, letterbox=letterbox)
-    shrunk = shrink_pruned(model, out, refit_to=dense_model, calibration=calibration)
+    if refit and not cut.refitted:  # a one-shot cut: refit the shrunk model at the end
+        calibration = task.calibration(model, refit)
+    shrunk = shrink_pruned(model, out, refit_to=frozen, calibration=calibration)
     if shrunk is not None:
         shrunk_model, shrunk_files = shrunk
         files.update(shrunk_files)
-        shrunk_metrics = evaluate(shrunk_model)
+        shrunk_metrics = task.evaluate(shrunk_model)
     else:
         shrunk_model = shrunk_metrics = None
     int8_model = int8_metrics = None
-    if config.deploy:
+    if config.deploy and task.kind == "detection":  # the ONNX wrappers run detectors only
         shipped = shrunk_model if shrunk_model is not None else model
-        int8_path, deploy_files = write_deployables(shipped, out, config, letterbox=letterbox)
+        int8_path, deploy_files = write_deployables(shipped, out, config, task)
         files.update(deploy_files)
         from yolo_prune.runtime import load_onnx_model
 
         int8_model = load_onnx_model(int8_path)
-        int8_metrics = evaluate(int8_model)
-    if config.latency and dense_model is not None:
-        timed = {"dense": dense_model, "pruned": model, "shrunk": shrunk_model, "int8": int8_model}
+        int8_metrics = task.evaluate(int8_model)
+    if config.latency and frozen is not None:
+        timed = {"dense": frozen, "pruned": model, "shrunk": shrunk_model, "int8": int8_model}
         speeds = time_side_by_side({k: v for k, v in timed.items() if v is not None}, config)
         columns = (("dense", dense), ("pruned", pruned), ("shrunk", shrunk_metrics),
                    ("int8", int8_metrics))  # fmt: skip
@@ -270,9 +299,12 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     chart = out / "layer_sparsity.png"
     title = f"{config.method}, ratio {options.get('ratio')}"
     plot_layer_sparsity(model, result.masks, chart, title=title)
+    refitted = shrunk is not None and (cut.refitted or calibration is not None)
 
     report = {
         "cfg": str(config.cfg),
+        "task": task.kind,
+        "metric": task.metric,
         "weights": str(config.weights) if config.weights else None,
         "data": str(config.data),
         "val": str(config.val),
@@ -283,21 +315,20 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "flops_target": recipe.get("flops"),
         "flops_planned": flops,
         "target_sparsity": result.sparsity,
-        "refit_images": (refit if refitted else int(calibration.shape[0]))
-        if shrunk and (refitted or calibration is not None)
-        else 0,
-        "refit_at": ("the cut, before fine-tuning" if refitted else "the end")
-        if shrunk and (refitted or calibration is not None)
+        "refit_images": (refit if cut.refitted else int(calibration.shape[0])) if refitted else 0,
+        "refit_at": ("the cut, before fine-tuning" if cut.refitted else "the end")
+        if refitted
         else None,
         "size": list(model.input_shape[1:]),
-        "dense": _figures(dense, config.weights),
+        "dense": _figures(dense, config.weights or out / "dense.weights"),
         "pruned": _figures(pruned, out / "pruned.weights"),
         "shrunk": _figures(shrunk_metrics, out / "pruned-shrunk.weights")
         if shrunk_metrics
         else None,
         "int8": _figures(int8_metrics, out / "pruned-int8.onnx") if int8_metrics else None,
         "files": files,
-        "dense_weights_bytes": _darknet_bytes(dense_model) if dense_model is not None else None,
+        "dense_weights_bytes": _darknet_bytes(frozen) if frozen is not None else None,
+        "dense_training": trained,
         "phases": phases,
         "history": json.loads(json.dumps(result.history, default=float)),
         "admm": admm_summary(result.history),
@@ -421,7 +452,7 @@ def time_side_by_side(
 
 
 def write_deployables(
-    model: nn.Module, out: Path, config: PruneJobConfig, *, letterbox: bool | None
+    model: nn.Module, out: Path, config: PruneJobConfig, task: Task
 ) -> tuple[Path, dict[str, int]]:
     """``pruned.onnx`` (float) and ``pruned-int8.onnx`` (static INT8, QDQ, calibrated on the
     first ``config.calib_images`` training images); returns the INT8 path and the sizes of
@@ -429,13 +460,11 @@ def write_deployables(
     import zlib
 
     from yolo_prune.export.onnx import export_onnx
-    from yolo_prune.export.quantize import calibration_batches, quantize_onnx_int8
+    from yolo_prune.export.quantize import quantize_onnx_int8
 
     onnx_path, int8_path = out / "pruned.onnx", out / "pruned-int8.onnx"
     export_onnx(model, onnx_path, input_shape=model.input_shape)
-    batches = calibration_batches(
-        model, config.data, images=config.calib_images, letterbox=letterbox
-    )
+    batches = task.deploy_calibration(model, config.calib_images)
     quantize_onnx_int8(onnx_path, int8_path, calibration=batches)
     sparse = out / "pruned.sparse"
     return int8_path, {
@@ -459,6 +488,7 @@ def _darknet_bytes(model: nn.Module) -> int:
 _FIGURES = (
     "AP", "AP50", "AP75", "params", "nonzero_params", "weights", "nonzero_weights", "sparsity",
     "gflops", "gflops_nonzero", "fps", "latency_ms", "latency_ms_by_runtime", "images", "device",
+    "top1",
 )  # fmt: skip
 
 
@@ -597,6 +627,7 @@ def _num(v: float | int | None, fmt: str = ",") -> str:
 
 
 _ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("top-1 (%)", "top1", _pct),
     ("AP (COCO, %)", "AP", _pct),
     ("AP50 (%)", "AP50", _pct),
     ("AP75 (%)", "AP75", _pct),
@@ -630,7 +661,8 @@ def format_report(report: Mapping[str, Any]) -> str:
         "| | " + " | ".join(c for c, _ in cols) + " |",
         "|---|" + "---:|" * len(cols),
     ]
-    for label, key, fmt in _ROWS:
+    skip = {"AP", "AP50", "AP75"} if report.get("metric") == "top1" else {"top1"}
+    for label, key, fmt in (row for row in _ROWS if row[1] not in skip):
         lines.append(f"| {label} | " + " | ".join(fmt(f.get(key)) for _, f in cols) + " |")
     for runtime in ("torch", "onnxruntime", "opencv"):
         lines.append(f"| latency (ms, batch 1), {runtime} | "
@@ -667,6 +699,10 @@ def format_report(report: Mapping[str, Any]) -> str:
                   f"(rho {admm['final_rho']:.3g}); largest per layer: "
                   + ", ".join(f"{n} {r:.3f}" for n, r in worst)
                   + " (all layers in report.json)."]  # fmt: skip
+    trained = report.get("dense_training")
+    if trained:
+        lines += ["", f"The dense model was trained here: {trained['epochs']} epochs, "
+                  f"{trained['minutes']:.1f} min (dense.weights)."]  # fmt: skip
     if report["phases"]:
         lines += ["", "| phase | epochs | minutes |", "|---|---:|---:|"]
         lines += [f"| {p['phase']} | {p['epochs']} | {p['minutes']:.1f} |"

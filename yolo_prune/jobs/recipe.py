@@ -54,20 +54,31 @@ TOP_KEYS = {
     "distill": "weight of the dense teacher's loss (0: off)",
     "refit": "training images for the least-squares refit of the shrunk model (0: off)",
     "methods": "list of named method variants",
+    "dense_epochs": "train the dense model this many epochs when no --weights is given "
+    "(classifiers)",
+    "budget_epochs": "every variant must spend exactly this many training epochs (equal-budget "
+    "comparisons)",
 }
+# Phase names a recipe's `phases` may hold besides the methods' own (see `known_phases`).
+JOB_PHASES = {"default": "phases with no entry of their own", "dense": "the dense training"}
 # Keys of a method variant that the job reads itself (the rest configure the method).
 _JOB_VARIANT_KEYS = {"method", "distill", "refit"}
-# TrainConfig fields a recipe may not set: the job decides them.
-_JOB_OWNED = {
-    "cfg", "data", "out", "epochs", "weights", "val", "resume", "max_steps", "size", "device",
-    "progress",
-}  # fmt: skip
 
 
 def train_keys() -> set[str]:
-    from yolo_prune.detect.train import TrainConfig
+    """Every setting a ``train``/``phases`` entry may hold, for either task (the task of the
+    cfg then checks its own when the job starts)."""
+    from yolo_prune.jobs.tasks import ClassificationTask, DetectionTask
 
-    return {f.name for f in dataclasses.fields(TrainConfig)} - _JOB_OWNED
+    return DetectionTask.train_fields() | ClassificationTask.train_fields()
+
+
+def known_phases() -> set[str]:
+    """Phase names the registered methods run (``finetune`` for ``finetune-2``, ...), plus the
+    job's own (``default``, ``dense``)."""
+    from yolo_prune.prune.registry import METHODS
+
+    return set(JOB_PHASES) | {p for spec in METHODS.values() for p in spec.config.PHASES}
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -76,16 +87,40 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: no such recipe file (see cfg/recipes/ for examples)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p.name}: not a YAML recipe (not UTF-8 text)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{p.name}:{mark.line + 1}" if mark is not None else p.name
+        problem = getattr(exc, "problem", None) or "malformed"
+        raise ConfigError(f"{at}: not valid YAML ({problem})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p.name}: expected a mapping of keys, got {type(data).__name__}")
     recipe = normalise(data, where=p.name)
+    check_variants(recipe, where=p.name)
     recipe["_dir"] = str(p.resolve().parent)
     return recipe
+
+
+def check_variants(recipe: Mapping[str, Any], *, where: str = "recipe") -> None:
+    """Build every variant's method config, so a typo in any of them fails when the recipe is
+    read rather than when that variant runs. A variant without a ratio of its own is checked
+    at the recipe's (or a placeholder: the CLI gives it)."""
+    from yolo_prune.errors import PruneError
+    from yolo_prune.prune.registry import build_config
+
+    for name, entry in recipe["methods"].items():
+        options = {k: v for k, v in entry.items() if k not in _JOB_VARIANT_KEYS}
+        try:
+            if "ratio" in _fields(entry["method"]) and "ratio" not in options:
+                stages = options.get("ratios")
+                options["ratio"] = recipe.get("ratio") or (stages[-1] if stages else 0.5)
+            build_config(entry["method"], options)
+        except (ConfigError, PruneError) as exc:  # say which file and variant
+            raise type(exc)(f"{where}: methods.{name}: {exc}") from None
 
 
 def normalise(data: Mapping[str, Any], *, where: str = "recipe") -> dict[str, Any]:
@@ -102,7 +137,13 @@ def normalise(data: Mapping[str, Any], *, where: str = "recipe") -> dict[str, An
             raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
         out[key] = dict(value)
     _check_train(out["train"], f"{where}: train")
+    phases = known_phases()
     for phase, values in out["phases"].items():
+        if phase not in phases:
+            raise ConfigError(
+                f"{where}: phases.{phase}: no method runs a phase of that name; known phases: "
+                f"{', '.join(sorted(phases))}"
+            )
         if not isinstance(values, Mapping):
             raise ConfigError(f"{where}: phases.{phase} must be a mapping, got {values!r}")
         _check_train(values, f"{where}: phases.{phase}")
@@ -121,7 +162,8 @@ def normalise(data: Mapping[str, Any], *, where: str = "recipe") -> dict[str, An
         by_name[name] = entry
     out["methods"] = by_name
     for key, kind in (("ratio", (int, float)), ("size", int), ("distill", (int, float)),
-                      ("refit", int), ("flops", (int, float))):  # fmt: skip
+                      ("refit", int), ("flops", (int, float)), ("dense_epochs", int),
+                      ("budget_epochs", int)):  # fmt: skip
         value = out.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")

@@ -21,8 +21,8 @@ from typing import Any
 from yolo_prune.errors import ConfigError
 from yolo_prune.jobs.prune import (
     PruneJobConfig,
-    evaluate_on_val,
-    load_dense,
+    check_job,
+    dense_model,
     merged_config,
     run_prune,
 )
@@ -36,30 +36,31 @@ class SweepConfig:
     """A grid of pruning runs sharing one dense model, data and recipe."""
 
     job: PruneJobConfig  # the template run (its method/ratio/out are replaced per point)
-    ratios: tuple[float, ...]  # removal ratios to run
+    ratios: tuple[float | None, ...]  # removal ratios to run (None: each variant's own)
     methods: tuple[str, ...]  # recipe variants or registered methods to run
 
     def __post_init__(self) -> None:
         if not self.ratios or not self.methods:
             raise ConfigError("a sweep needs at least one ratio and one method")
         for r in self.ratios:
-            if not 0.0 <= r < 1.0 or math.isnan(r):
+            if r is not None and (not 0.0 <= r < 1.0 or math.isnan(r)):
                 raise ConfigError(f"ratio {r} is outside [0, 1)")
 
 
-def point_dir(out: Path, method: str, ratio: float) -> Path:
-    return out / "points" / method / f"r{ratio:g}"
+def point_dir(out: Path, method: str, ratio: float | None) -> Path:
+    return out / "points" / method / ("own" if ratio is None else f"r{ratio:g}")
 
 
-def point_row(method: str, ratio: float, report: Mapping[str, Any]) -> dict[str, Any]:
+def point_row(method: str, ratio: float | None, report: Mapping[str, Any]) -> dict[str, Any]:
     """The figures of one finished point that the table, plot and JSON show."""
     p = report["pruned"]
     return {
         "method": method,
-        "ratio": ratio,
+        "ratio": ratio if ratio is not None else report.get("ratio"),
         "sparsity": p.get("sparsity"),
         "AP": p.get("AP"),
         "AP50": p.get("AP50"),
+        "top1": p.get("top1"),
         "nonzero_params": p.get("nonzero_params"),
         "gflops_nonzero": p.get("gflops_nonzero"),
         # FPS of the fastest form (the shrunk model where there is one) over the dense model's,
@@ -77,13 +78,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
     """Run every missing point, then write the summary; returns the summary dict."""
     job = config.job
+    task = job.task()
+    check_job(job.recipe, task, config.methods, ratios=len(config.ratios))
     out = job.out
     out.mkdir(parents=True, exist_ok=True)
     dense_path = out / "dense.json"
     dense = _read_json(dense_path)
+    trained = out / "dense.weights"  # a classifier trained here once, shared by every point
+    if job.weights is None and job.recipe.get("dense_epochs"):
+        if not trained.is_file():
+            dense = None
+        job = replace(job, weights=trained) if trained.is_file() else job
     if dense is None:
-        model = load_dense(job.cfg, job.weights, size=job.recipe.get("size"))
-        dense = evaluate_on_val(model, job)
+        model = dense_model(job, task)
+        if job.weights is None and job.recipe.get("dense_epochs"):
+            job = replace(job, weights=trained)
+        dense = task.evaluate(model)
         atomic_write_text(dense_path, json.dumps(dense, indent=1) + "\n")
     rows: list[dict[str, Any]] = []
     for method in config.methods:
@@ -96,12 +106,12 @@ def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
                                where)  # fmt: skip
                 report = None
             if report is None:
-                logger.info("sweep point %s at %g", method, ratio)
+                logger.info("sweep point %s at %s", method, ratio or "its own ratio")
                 report = run_prune(
                     replace(job, out=where, recipe=recipe, method=method, dense_metrics=dense)
                 )
             else:
-                logger.info("sweep point %s at %g: done before, read back", method, ratio)
+                logger.info("sweep point %s at %s: done before, read back", method, ratio)
             report["_dir"] = str(where)
             rows.append(point_row(method, ratio, report))
             summary = _summary(job, dense, rows)
@@ -135,7 +145,8 @@ def _summary(job: PruneJobConfig, dense: Mapping[str, Any], rows: Sequence[Mappi
         "weights": str(job.weights),
         "val": str(job.val),
         "size": dense.get("size"),
-        "dense": {k: dense.get(k) for k in ("AP", "AP50", "sparsity", "nonzero_params")},
+        "metric": "top1" if "top1" in dense else "AP50",
+        "dense": {k: dense.get(k) for k in ("AP", "AP50", "top1", "sparsity", "nonzero_params")},
         "points": [dict(r) for r in rows],
     }
 
@@ -157,25 +168,35 @@ def _pct(v: float | None) -> str:
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
-    """The markdown table: one row per point, the dense model first."""
+    """The markdown table: one row per point, the dense model first; detectors show AP and
+    AP50, classifiers top-1."""
     d = summary["dense"]
+    keys = ("top1",) if summary.get("metric") == "top1" else ("AP", "AP50")
+    heads = {"top1": "top-1 %", "AP": "AP %", "AP50": "AP50 %"}
     lines = [
-        f"# mAP vs sparsity: {Path(summary['cfg']).stem}, input {summary.get('size')}",
+        f"# {_label(summary)} vs sparsity: {Path(summary['cfg']).stem}, "
+        f"input {summary.get('size')}",
         "",
-        "| method | ratio | sparsity % | AP % | AP50 % | non-zero params | GFLOPs (non-zero) "
-        "| speed vs dense | minutes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| dense | 0 | {_pct(d.get('sparsity'))} | {_pct(d.get('AP'))} | {_pct(d.get('AP50'))} "
-        f"| {d.get('nonzero_params') or 0:,} | | 1.00x | |",
-    ]
+        "| method | ratio | sparsity % | " + " | ".join(heads[k] for k in keys)
+        + " | non-zero params | GFLOPs (non-zero) | speed vs dense | minutes |",
+        "|---|---:|---:|" + "---:|" * len(keys) + "---:|---:|---:|---:|",
+        f"| dense | 0 | {_pct(d.get('sparsity'))} | "
+        + " | ".join(_pct(d.get(k)) for k in keys)
+        + f" | {d.get('nonzero_params') or 0:,} | | 1.00x | |",
+    ]  # fmt: skip
     for r in summary["points"]:
         lines.append(
-            f"| {r['method']} | {r['ratio']:g} | {_pct(r['sparsity'])} | {_pct(r['AP'])} "
-            f"| {_pct(r['AP50'])} | {r['nonzero_params'] or 0:,} "
+            f"| {r['method']} | {_fmt(r['ratio'], 'g')} | {_pct(r['sparsity'])} | "
+            + " | ".join(_pct(r.get(k)) for k in keys)
+            + f" | {r['nonzero_params'] or 0:,} "
             f"| {_fmt(r['gflops_nonzero'], '.3f')} | {_fmt(r['speedup'], '.2f')}x "
             f"| {_fmt(r['minutes'], '.1f')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _label(summary: Mapping[str, Any]) -> str:
+    return "top-1" if summary.get("metric") == "top1" else "mAP"
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -183,7 +204,9 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def sweep_figure(summary: Mapping[str, Any]):
-    """AP50 (%) against measured sparsity (%): a line per method, the dense model dashed."""
+    """The main figure (AP50 or top-1, %) against measured sparsity (%): a line per method, the
+    dense model dashed."""
+    metric = summary.get("metric") or "AP50"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,14 +219,15 @@ def sweep_figure(summary: Mapping[str, Any]):
     for method, rows in methods.items():
         rows = sorted(rows, key=lambda r: r["sparsity"] or 0.0)
         xs = [100 * (r["sparsity"] or 0.0) for r in rows]
-        ys = [100 * (r["AP50"] or 0.0) for r in rows]
+        ys = [100 * (r.get(metric) or 0.0) for r in rows]
         ax.plot(xs, ys, marker="o", label=method)
-    dense = summary["dense"].get("AP50")
+    dense = summary["dense"].get(metric)
     if dense is not None:
         ax.axhline(100 * dense, color="gray", linestyle="--", label="dense")
+    name = "top-1" if metric == "top1" else metric
     ax.set_xlabel("sparsity of conv weights (%)")
-    ax.set_ylabel("AP50 (%)")
-    ax.set_title(f"{Path(summary['cfg']).stem}: AP50 vs sparsity")
+    ax.set_ylabel(f"{name} (%)")
+    ax.set_title(f"{Path(summary['cfg']).stem}: {name} vs sparsity")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -27,7 +27,6 @@ from yolo_prune.prune.registry import (
     METHODS,
     build_config,
     build_pruner,
-    load_recipe,
     register_method,
 )
 from yolo_prune.prune.soft_filter import SoftFilterConfig, SoftFilterHook, SoftFilterPruner
@@ -55,7 +54,6 @@ __all__ = [
     "build_config",
     "build_pruner",
     "get_projection",
-    "load_recipe",
     "load_sparse",
     "mask_optimizer_state_",
     "prepare_targets",

@@ -45,7 +45,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -98,6 +98,13 @@ class ADMMConfig:
     retrain_epochs: int = 5  # masked retraining epochs after the hard prune
     targets: TargetConfig = field(default_factory=TargetConfig)  # which weights are pruned
     policy: ConservativePolicy | None = None  # per-layer caps (conservative early layers)
+
+    # the names of the fit() phases it runs (a recipe's `phases` keys)
+    PHASES: ClassVar[tuple[str, ...]] = ("admm", "retrain")
+
+    def epochs_spent(self) -> int:
+        """Training epochs the method spends in all (its budget)."""
+        return self.epochs + self.retrain_epochs
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio)

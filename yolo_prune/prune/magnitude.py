@@ -22,6 +22,7 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -60,6 +61,13 @@ class MagnitudeConfig:
     epochs: int = 5  # fine-tuning epochs in all, split evenly over the iterations
     targets: TargetConfig = field(default_factory=TargetConfig)  # which weights are pruned
     policy: ConservativePolicy | None = None  # per-layer caps (conservative early layers)
+
+    # the names of the fit() phases it runs (a recipe's `phases` keys)
+    PHASES: ClassVar[tuple[str, ...]] = ("finetune",)
+
+    def epochs_spent(self) -> int:
+        """Training epochs the method spends in all (its budget)."""
+        return self.epochs
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio)
@@ -166,6 +174,13 @@ class DeepCompressionConfig:
     epochs_per_round: int = 1  # retraining epochs in each round
     max_ratio: float | None = None  # stop raising the quality past this sparsity (None: no cap)
     targets: TargetConfig = field(default_factory=TargetConfig)  # which weights are pruned
+
+    # the names of the fit() phases it runs (a recipe's `phases` keys)
+    PHASES: ClassVar[tuple[str, ...]] = ("round",)
+
+    def epochs_spent(self) -> int:
+        """Training epochs the method spends in all (its budget)."""
+        return self.rounds * self.epochs_per_round
 
     def __post_init__(self) -> None:
         if not self.quality > 0:

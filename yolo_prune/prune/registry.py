@@ -1,4 +1,4 @@
-"""Pruning methods by name: ``build_pruner("admm", {...})`` and recipe files.
+"""Pruning methods by name: ``build_pruner("admm", {...})``.
 
 A method is a config dataclass (frozen, validated on construction) and a pruner class with
 ``run(model, *, fit, evaluate=None) -> PruneResult`` (see :mod:`yolo_prune.prune.base`).
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from torch import nn
 
 from yolo_prune.errors import ConfigError, PruneError
@@ -124,33 +122,3 @@ def build_pruner(method: str, config: Mapping[str, Any] | Any | None = None) -> 
             f"{method}: expected a {spec.config.__name__}, got {type(config).__name__}"
         )
     return spec.build(config)
-
-
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe: ``{"train": {...}, "methods": [{"name", "method", options...}]}``.
-
-    Every method entry is validated (its config built) so that a typo fails before training.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such recipe file; check the path")
-    try:
-        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p.name}: not a YAML recipe (not UTF-8 text)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p.name}:{mark.line + 1}" if mark is not None else p.name
-        problem = getattr(exc, "problem", None) or "malformed"
-        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("methods"), list):
-        raise ConfigError(f"{p.name}: expected a mapping with a 'methods' list")
-    for i, entry in enumerate(data["methods"]):
-        if not isinstance(entry, dict) or "method" not in entry or "name" not in entry:
-            raise ConfigError(f"{p.name}: methods[{i}] needs 'name' and 'method'")
-        options = {k: v for k, v in entry.items() if k not in ("name", "method")}
-        try:
-            entry["config"] = build_config(entry["method"], options)
-        except (ConfigError, PruneError) as exc:  # say which file and entry
-            raise type(exc)(f"{p.name}: methods[{i}] ({entry['name']}): {exc}") from None
-    return data

@@ -19,7 +19,7 @@ import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,13 @@ class SoftFilterConfig:
     decorrelation: float = 1e-3  # weight of the decorrelation penalty (0: off)
     targets: TargetConfig = field(default_factory=TargetConfig)  # which weights are pruned
     policy: ConservativePolicy | None = None  # per-layer caps: a layer's ratio is min(r, cap)
+
+    # the names of the fit() phases it runs (a recipe's `phases` keys)
+    PHASES: ClassVar[tuple[str, ...]] = ("soft-filter", "retrain")
+
+    def epochs_spent(self) -> int:
+        """Training epochs the method spends in all (its budget)."""
+        return self.epochs + self.retrain_epochs
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio)

@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -86,6 +86,13 @@ class TorchPruningConfig:
     importance: str = "magnitude"  # magnitude (group L2 norm) | taylor (|w * dL/dw|, on data)
     epochs: int = 0  # masked fine-tuning epochs (0: one-shot, no training)
     targets: TargetConfig = field(default_factory=TargetConfig)  # which weights are pruned
+
+    # the names of the fit() phases it runs (a recipe's `phases` keys)
+    PHASES: ClassVar[tuple[str, ...]] = ("finetune",)
+
+    def epochs_spent(self) -> int:
+        """Training epochs the method spends in all (its budget)."""
+        return self.epochs
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio, "torch-pruning.ratio")
