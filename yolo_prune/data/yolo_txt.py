@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from yolo_prune.data.coco import (
+from yolo_prune.data.ground_truth import (
     COCO80_TO_91,
     COCO_NAMES,
     DetectionDataset,
