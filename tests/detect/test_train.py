@@ -1,5 +1,5 @@
 """Fine-tuning a detector: outputs written, SIGKILL + resume equals an uninterrupted run,
-pruning masks stay exactly zero, bad data does not end the run."""
+pruning masks stay exactly zero, a bad image does not end the run, a bad label is an error."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from yolo_prune.darknet import Darknet
 from yolo_prune.data.augment import AugmentConfig
 from yolo_prune.detect.train import TrainConfig, train_detector
 from yolo_prune.engine.checkpoint import load_checkpoint
+from yolo_prune.errors import DataError
 
 TINY_CFG = Path(__file__).resolve().parents[1] / "prune" / "tiny_detector.cfg"
 
@@ -223,19 +224,26 @@ def test_sigkill_and_resume_of_a_pruning_run_equals_uninterrupted(tiny_data, tmp
     assert (cut / "final.weights").read_bytes() == (tmp_path / "ref" / "final.weights").read_bytes()
 
 
-def test_bad_label_and_bad_image_do_not_end_the_run(tiny_data, tmp_path, caplog):
+def test_a_bad_label_stops_the_run_before_any_training(tiny_data, tmp_path):
+    # Training reads labels with evaluation's reader and rule: a malformed line is an error
+    # naming the file and line, not a silently smaller dataset.
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     labels = sorted((data / "labels" / "train").glob("*.txt"))
-    labels[0].write_text("0 0.5 0.5 0.1\n")
     labels[1].write_text("9 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DataError, match=rf"^{labels[1].name}:1: class 9 is out of range"):
+        train_detector(_config(data, tmp_path / "out", epochs=1))
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_a_bad_image_does_not_end_the_run(tiny_data, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
     images = sorted((data / "images" / "train").glob("*.jpg"))
     images[2].write_bytes(b"broken")
     with caplog.at_level(logging.WARNING):
         result = train_detector(_config(data, tmp_path / "out", epochs=1))
-    assert result["steps"] == 3  # 6 usable images, batch 2
-    assert f"{labels[0].name}:1: expected 5 fields" in caplog.text
-    assert f"{labels[1].name}:1: class 9 is out of range" in caplog.text
+    assert result["steps"] == 4  # 8 images, batch 2: the next image stands in for the broken one
     assert images[2].name in caplog.text
 
 
