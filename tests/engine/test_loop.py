@@ -158,21 +158,6 @@ def test_to_device_walks_nested_batches():
     torch.testing.assert_close(moved["a"][0], torch.ones(1))
 
 
-def test_engine_imports_nothing_of_pruning():
-    import ast
-    from pathlib import Path
-
-    import yolo_prune.engine
-
-    for path in Path(yolo_prune.engine.__file__).parent.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                assert not (node.module or "").startswith("yolo_prune.prune"), path.name
-            elif isinstance(node, ast.Import):
-                assert not any(a.name.startswith("yolo_prune.prune") for a in node.names)
-
-
 def test_grad_clip_applies_to_the_loss_only_not_to_a_hook_penalty():
     # A penalty gradient added in after_backward (ADMM's rho * (W - Z + U)) must reach the
     # optimizer whole: clipped together with the loss gradient, a large rho would be cut back
