@@ -30,8 +30,9 @@ import yaml
 from yolo_prune import errors
 from yolo_prune.cli.main import main
 from yolo_prune.darknet import Darknet
+from yolo_prune.data.coco import load_detection_dataset
 from yolo_prune.data.images import load_image
-from yolo_prune.data.train_dataset import read_label_file
+from yolo_prune.data.train_dataset import TrainDataset
 from yolo_prune.data.yolo_txt import parse_label_file
 from yolo_prune.detect.detector import Detector
 from yolo_prune.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -408,22 +409,32 @@ def test_library(case, tmp_path, good, detector):
     assert not list(tmp_path.glob("*.ran")), "unpickling ran code"
 
 
-def test_the_training_reader_drops_bad_labels_without_raising(caplog):
-    # Training is lenient: a bad label costs its box or its image, with a warning naming the
-    # file, not the run. Whatever it returns is usable.
-    for case in CASES:
-        if case["kind"] != "label":
-            continue
-        path = HERE / case["file"]
-        caplog.clear()
-        result = read_label_file(path, num_classes=NUM_CLASSES)
-        if case["error"] != "ok":
-            assert path.name in caplog.text, case["id"]
-        if result is not None:
-            classes, boxes = result
-            assert ((classes >= 0) & (classes < NUM_CLASSES)).all()
-            assert np.isfinite(boxes).all() and ((boxes >= 0) & (boxes <= 1)).all()
-            assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+LABEL_CASES = [c for c in CASES if c["kind"] == "label"]
+
+
+@pytest.mark.parametrize("case", LABEL_CASES, ids=_ids(LABEL_CASES))
+def test_training_and_evaluation_read_a_label_file_alike(case, tmp_path):
+    # One reader, one rule: the dataset `train` builds and the one `eval` builds accept the
+    # same files and refuse the same files with the same one-line error.
+    data = _label_dataset(tmp_path / "data", HERE / case["file"])
+
+    def train():
+        return TrainDataset(data, split="val", size=32, num_classes=NUM_CLASSES)
+
+    def evaluate():
+        return load_detection_dataset(data, split="val")
+
+    if case["error"] == "ok":
+        assert [len(r.classes) for r in train().records] == [0]
+        assert evaluate().num_annotations == 0
+        return
+    error = getattr(errors, case["error"])
+    with pytest.raises(error) as in_training:
+        train()
+    with pytest.raises(error) as in_evaluation:
+        evaluate()
+    assert str(in_training.value) == str(in_evaluation.value)
+    assert case["message"] in str(in_training.value)
 
 
 def test_the_payload_does_run_code_when_loaded_unsafely(tmp_path, good):

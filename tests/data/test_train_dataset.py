@@ -1,4 +1,5 @@
-"""The training dataset: boxes in input pixels, bad labels and images named and survived."""
+"""The training dataset: boxes in input pixels, bad labels refused as evaluation refuses them,
+unreadable images survived."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_prune.data.train_dataset import TrainDataset, collate_detection, read_label_file
+from yolo_prune.data.train_dataset import TrainDataset, collate_detection
+from yolo_prune.data.yolo_txt import load_yolo_txt
 from yolo_prune.errors import DataError
 
 
@@ -49,42 +51,53 @@ def test_collate_keeps_boxes_per_image(tmp_path):
     torch.testing.assert_close(targets[1, 2:], torch.tensor([32.0, 32.0, 64.0, 64.0]))
 
 
-def test_bad_label_lines_name_file_and_line_and_skip_the_image(tmp_path, caplog):
-    root = _write_dataset(
-        tmp_path,
-        {
-            "good": "0 0.5 0.5 0.2 0.2\n",
-            "fields": "0 0.5 0.5 0.2 0.2\n0 0.5 0.5\n",
-            "words": "zero 0.5 0.5 0.2 0.2\n",
-            "cls": "0 0.5 0.5 0.2 0.2\n\n5 0.5 0.5 0.2 0.2\n",
-        },
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0 0.5 0.5 0.2 0.2\n0 0.5 0.5\n", "^bad.txt:2: expected 5 fields 'class cx cy w h'"),
+        ("zero 0.5 0.5 0.2 0.2\n", "^bad.txt:1: class 'zero' is not an integer class index"),
+        ("0 0.5 0.5 0.2 0.2\n\n5 0.5 0.5 0.2 0.2\n", r"^bad.txt:3: .*expected \[0, 2\)"),
+        ("1 1.5 0.5 0.2 0.2\n", r"^bad.txt:1: box 1.5 0.5 0.2 0.2 is outside \[0, 1\]"),
+        ("1 0.5 0.5 0.2 inf\n", "^bad.txt:1: .*not a finite number"),
+        ("1 0.5 0.5 0 0.2\n", "^bad.txt:1: box has a zero width or height"),
+    ],
+)
+def test_a_bad_label_line_is_an_error_naming_file_and_line(tmp_path, text, message):
+    root = _write_dataset(tmp_path, {"good": "0 0.5 0.5 0.2 0.2\n", "bad": text})
+    with pytest.raises(DataError, match=message):
+        TrainDataset(root, size=64, num_classes=2)
+
+
+def test_training_and_evaluation_refuse_a_bad_label_file_with_the_same_error(tmp_path):
+    root = _write_dataset(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n1 0.5 0.5 -0.2 0.2\n"})
+    with pytest.raises(DataError) as train:
+        TrainDataset(root, split="train", size=64, num_classes=2)
+    with pytest.raises(DataError) as evaluation:
+        load_yolo_txt(root, split="train", category_ids=[1, 2])
+    assert str(train.value) == str(evaluation.value)
+    assert str(train.value).startswith("a.txt:2: box has a negative width or height")
+
+
+def test_boxes_reaching_outside_the_image_are_clipped(tmp_path, caplog):
+    root = _write_dataset(tmp_path, {"x": "0 0.9 0.5 0.4 0.2\n1 0.0 0.5 0.2 0.2\n"})
+    with caplog.at_level(logging.WARNING):
+        ds = TrainDataset(root, size=64, num_classes=2)
+    (record,) = ds.records
+    assert record.classes.tolist() == [0, 1]
+    np.testing.assert_allclose(
+        record.boxes, [[0.7, 0.4, 1.0, 0.6], [0.0, 0.4, 0.1, 0.6]], atol=1e-6
     )
+    assert "x.txt: box 0 0.9 0.5 0.4 0.2 reaches outside the image; clipped" in caplog.text
+    assert "x.txt: box 1 0 0.5 0.2 0.2 reaches outside the image; clipped" in caplog.text
+
+
+def test_empty_and_missing_label_files_are_background_images(tmp_path, caplog):
+    root = _write_dataset(tmp_path, {"a": "\n\n", "b": "", "c": None})
     with caplog.at_level(logging.WARNING):
         ds = TrainDataset(root, size=64, num_classes=2)
-    assert [r.path.stem for r in ds.records] == ["good"]
-    text = caplog.text
-    assert "fields.txt:2: expected 5 fields" in text
-    assert "words.txt:1:" in text
-    assert "cls.txt:3: class 5 is out of range; expected [0, 2)" in text
-
-
-def test_boxes_outside_the_image_are_clipped_or_dropped(tmp_path, caplog):
-    path = tmp_path / "x.txt"
-    path.write_text("0 0.9 0.5 0.4 0.2\n1 1.5 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n")
-    with caplog.at_level(logging.WARNING):
-        classes, boxes = read_label_file(path, num_classes=2)
-    assert classes.tolist() == [0, 1]
-    np.testing.assert_allclose(boxes[0], [0.7, 0.4, 1.0, 0.6], atol=1e-6)
-    assert "x.txt:1: box 0 0.9 0.5 0.4 0.2 reaches outside the image; clipped" in caplog.text
-    assert "x.txt:2:" in caplog.text and "dropped" in caplog.text
-
-
-def test_empty_label_file_is_a_background_image(tmp_path, caplog):
-    root = _write_dataset(tmp_path, {"a": "\n\n"})
-    with caplog.at_level(logging.WARNING):
-        ds = TrainDataset(root, size=64, num_classes=2)
-    assert "a.txt: empty label file" in caplog.text
-    assert ds[0][1].shape == (0, 5)
+    assert [r.path.stem for r in ds.records] == ["a", "b", "c"]
+    assert all(ds[i][1].shape == (0, 5) for i in range(3))
+    assert caplog.text == ""  # no objects is a normal image, not a problem
 
 
 def test_unreadable_image_is_replaced_by_the_next(tmp_path, caplog):
@@ -99,7 +112,8 @@ def test_unreadable_image_is_replaced_by_the_next(tmp_path, caplog):
 
 
 def test_no_usable_image_is_an_error(tmp_path):
-    root = _write_dataset(tmp_path, {"a": "7 0.5 0.5 0.2 0.2\n"})
+    root = _write_dataset(tmp_path, {})
+    (root / "images" / "train" / "notes.md").write_text("not an image")
     with pytest.raises(DataError, match="no usable training image"):
         TrainDataset(root, size=64, num_classes=2)
 

@@ -1,5 +1,5 @@
 """Fine-tuning a detector: outputs written, SIGKILL + resume equals an uninterrupted run,
-pruning masks stay exactly zero, bad data does not end the run."""
+pruning masks stay exactly zero, a bad image does not end the run, a bad label is an error."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from yolo_prune.darknet import Darknet
 from yolo_prune.data.augment import AugmentConfig
 from yolo_prune.detect.train import TrainConfig, train_detector
 from yolo_prune.engine.checkpoint import load_checkpoint
+from yolo_prune.errors import ConfigError, DataError
+from yolo_prune.eval.detection import build_validator
 
 TINY_CFG = Path(__file__).resolve().parents[1] / "prune" / "tiny_detector.cfg"
 
@@ -46,8 +48,14 @@ def _config(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _validator(config: TrainConfig):
+    """What ``yolo-prune train`` passes as ``validate`` for ``config.val``."""
+    return build_validator(config.val, split=config.val_split, size=config.size)
+
+
 def test_run_writes_checkpoint_metrics_and_weights(tiny_data, tmp_path):
-    result = train_detector(_config(tiny_data, tmp_path, val=tiny_data, val_split="train"))
+    config = _config(tiny_data, tmp_path, val=tiny_data, val_split="train")
+    result = train_detector(config, validate=_validator(config))
     assert result["steps"] == 12
     assert [r["epoch"] for r in result["history"]] == [0, 1, 2]
     assert all(0.0 <= r["val_AP50"] <= 1.0 for r in result["history"])
@@ -223,19 +231,26 @@ def test_sigkill_and_resume_of_a_pruning_run_equals_uninterrupted(tiny_data, tmp
     assert (cut / "final.weights").read_bytes() == (tmp_path / "ref" / "final.weights").read_bytes()
 
 
-def test_bad_label_and_bad_image_do_not_end_the_run(tiny_data, tmp_path, caplog):
+def test_a_bad_label_stops_the_run_before_any_training(tiny_data, tmp_path):
+    # Training reads labels with evaluation's reader and rule: a malformed line is an error
+    # naming the file and line, not a silently smaller dataset.
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     labels = sorted((data / "labels" / "train").glob("*.txt"))
-    labels[0].write_text("0 0.5 0.5 0.1\n")
     labels[1].write_text("9 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DataError, match=rf"^{labels[1].name}:1: class 9 is out of range"):
+        train_detector(_config(data, tmp_path / "out", epochs=1))
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_a_bad_image_does_not_end_the_run(tiny_data, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
     images = sorted((data / "images" / "train").glob("*.jpg"))
     images[2].write_bytes(b"broken")
     with caplog.at_level(logging.WARNING):
         result = train_detector(_config(data, tmp_path / "out", epochs=1))
-    assert result["steps"] == 3  # 6 usable images, batch 2
-    assert f"{labels[0].name}:1: expected 5 fields" in caplog.text
-    assert f"{labels[1].name}:1: class 9 is out of range" in caplog.text
+    assert result["steps"] == 4  # 8 images, batch 2: the next image stands in for the broken one
     assert images[2].name in caplog.text
 
 
@@ -290,8 +305,17 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tiny_da
 
 def test_val_figures_only_in_epochs_that_validated(tiny_data, tmp_path):
     config = _config(tiny_data, tmp_path, epochs=3, val=tiny_data, val_split="train", val_every=2)
-    history = train_detector(config)["history"]
+    history = train_detector(config, validate=_validator(config))["history"]
     assert ["val_AP50" in row for row in history] == [False, True, True]
+
+
+def test_val_without_a_validate_function_is_refused(tiny_data, tmp_path):
+    # Training takes its validation from the caller (it imports no evaluation code); a val
+    # folder with nothing to validate on it would silently report no AP.
+    config = _config(tiny_data, tmp_path, epochs=1, val=tiny_data, val_split="train")
+    with pytest.raises(ConfigError, match="config.val=.* but no validate= was given"):
+        train_detector(config)
+    assert not (tmp_path / "last.pt").exists()
 
 
 def test_bn_momentum_override(tiny_data, tmp_path):
@@ -328,13 +352,11 @@ def test_letterbox_follows_the_cfg_unless_given(
         tiny_data, tmp_path / "out", cfg=cfg, epochs=1, val=tiny_data, val_split="train",
         letterbox=option, max_steps=1,
     )  # fmt: skip
-    train_detector(config)
+    train_detector(config, validate=_validator(config))
     assert seen == [("train", expected), ("val", expected)]
 
 
 def test_conflicting_model_and_options_are_refused(tiny_data, tmp_path):
-    from yolo_prune.errors import ConfigError
-
     model = Darknet.from_cfg(TINY_CFG, size=32)
     with pytest.raises(ConfigError, match="built for 32x32 but config.size is 64"):
         train_detector(_config(tiny_data, tmp_path), model=model)
@@ -373,7 +395,7 @@ def test_finetune_real_yolov3_tiny_on_coco128_keeps_ap50(shared_data, repo_cfg, 
         lr=5e-4,
         val_every=10,
     )
-    final = train_detector(config)["history"][-1]["val_AP50"]
+    final = train_detector(config, validate=_validator(config))["history"][-1]["val_AP50"]
     assert abs(final - start) <= 0.03, (start, final)
 
 
@@ -404,4 +426,5 @@ def test_overfit_8_images_from_random_init(shared_data, tmp_path):
         bn_momentum=0.1,
         val_every=120,
     )
-    assert train_detector(config)["history"][-1]["val_AP50"] >= 0.5
+    history = train_detector(config, validate=_validator(config))["history"]
+    assert history[-1]["val_AP50"] >= 0.5

@@ -17,6 +17,7 @@ from pathlib import Path
 from yolo_prune.data.augment import AugmentConfig
 from yolo_prune.detect.train import OPTIMIZERS, TrainConfig, train_detector
 from yolo_prune.errors import ConfigError, require_file
+from yolo_prune.eval.detection import build_validator
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -107,7 +108,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    result = train_detector(config)
+    validate = None
+    if config.val is not None:
+        validate = build_validator(config.val, split=config.val_split, size=config.size)
+    result = train_detector(config, validate=validate)
     for row in result["history"]:
         print(json.dumps(row))
     print(f"final weights: {result['final_weights']}")

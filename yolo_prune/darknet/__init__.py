@@ -1,6 +1,6 @@
 """Darknet cfg parsing, graph resolution, the PyTorch model and .weights io."""
 
-from yolo_prune.darknet.cfg import Section, format_cfg, load_cfg, parse_cfg, save_cfg
+from yolo_prune.darknet.cfg import Section, format_cfg, load_cfg, parse_cfg
 from yolo_prune.darknet.graph import LayerSpec, NetGraph, build_graph
 from yolo_prune.darknet.model import Darknet
 from yolo_prune.darknet.weights import load_darknet_weights, save_darknet_weights
@@ -15,6 +15,5 @@ __all__ = [
     "load_cfg",
     "load_darknet_weights",
     "parse_cfg",
-    "save_cfg",
     "save_darknet_weights",
 ]

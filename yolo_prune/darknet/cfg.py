@@ -347,10 +347,3 @@ def format_cfg(sections: Iterable[Section]) -> str:
         out.extend(f"{k}={o.raw}" for k, o in sec.options.items())
         out.append("")
     return "\n".join(out)
-
-
-def save_cfg(sections: Iterable[Section], path: str | Path) -> None:
-    """Write sections as cfg text atomically (temporary file, then rename)."""
-    from yolo_prune.utils.io import atomic_write_bytes
-
-    atomic_write_bytes(path, format_cfg(sections).encode("ascii", errors="strict"))

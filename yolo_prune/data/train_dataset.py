@@ -1,12 +1,15 @@
 """A torch Dataset for training detectors: image tensors and boxes in network-input pixels.
 
-Reads either layout :mod:`yolo_prune.data.coco` knows (COCO JSON, or YOLO txt labels). Bad input
-does not end a run: every problem is logged as a warning that names the file (and line), and
+Reads either layout :mod:`yolo_prune.data.coco` knows (COCO JSON, or YOLO txt labels). YOLO label
+files are read by :func:`yolo_prune.data.yolo_txt.parse_label_file`, the same reader evaluation
+uses, so training and evaluation accept and refuse the same files:
 
-* a label line that cannot be read (wrong field count, not numbers) or whose class is not in
-  ``[0, classes)``: the whole image is left out (its other labels cannot be trusted);
-* a box reaching outside the image: clipped to the image, or dropped if nothing is left;
-* an empty label file: the image is a background image (no objects), with a warning;
+* a malformed label line (wrong field count, not numbers, a class not in ``[0, classes)``, a
+  coordinate that is not finite or not in [0, 1], a width or height that is not positive) is a
+  :class:`~yolo_prune.errors.DataError` naming the file and line, before any training starts;
+* an empty or missing label file: the image is a background image (no objects);
+* a box reaching outside the image: clipped to the image (with a warning), or dropped if
+  nothing is left;
 * an image that cannot be decoded: the next image in the list is used in its place.
 
 With ``AugmentConfig.mosaic`` > 0, that fraction of samples are mosaics: four images (the one
@@ -18,7 +21,6 @@ Samples are a pure function of ``(seed, epoch, index)`` (see :func:`sample_seed`
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from torch.utils.data import Dataset
 from yolo_prune.data.augment import FILL, AugmentConfig, apply_transform, build_transform
 from yolo_prune.data.coco import choose_split, load_coco_json
 from yolo_prune.data.images import list_images, load_image
+from yolo_prune.data.yolo_txt import parse_label_file
 from yolo_prune.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -49,64 +52,25 @@ def _where(path: Path, line: int | None = None) -> str:
     return str(DataError("", path=path, line=line)).rstrip()
 
 
-def read_label_file(path: Path, *, num_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Leniently parse one YOLO label file (``class cx cy w h`` per line, normalised).
+def _clipped_xyxy(
+    objects: list[tuple[int, float, float, float, float]], path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes [N], boxes [N, 4] xyxy normalised, clipped to [0, 1])`` of parsed labels.
 
-    Returns:
-        ``(classes [N], boxes [N, 4] xyxy normalised, clipped to [0, 1])``, or ``None`` when the
-        file cannot be trusted (a warning names the file and line).
+    A box reaching outside the image is clipped (with a warning past the 1e-3 that rounding
+    explains) and dropped when nothing of it is left.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        logger.warning("%s not a readable text label file (%s); image skipped", _where(path), exc)
-        return None
     classes, boxes = [], []
-    lines = [(n, raw.strip()) for n, raw in enumerate(text.splitlines(), start=1)]
-    lines = [(n, s) for n, s in lines if s]
-    if not lines:
-        logger.warning("%s empty label file; used as a background image (no objects)", _where(path))
-    for number, line in lines:
-        where = _where(path, number)
-        fields = line.split()
-        if len(fields) != 5:
-            logger.warning(
-                "%s expected 5 fields 'class cx cy w h', found %d (%r); image skipped",
-                where,
-                len(fields),
-                line[:60],
-            )
-            return None
-        try:
-            cls = int(fields[0])
-            cx, cy, w, h = (float(f) for f in fields[1:])
-        except ValueError:
-            logger.warning("%s %r is not 'int float float float float'; image skipped", where, line)
-            return None
-        if not all(math.isfinite(v) for v in (cx, cy, w, h)):
-            logger.warning("%s box %r is not finite; image skipped", where, line)
-            return None
-        if not 0 <= cls < num_classes:
-            logger.warning(
-                "%s class %d is out of range; expected [0, %d) (check classes= in the cfg); "
-                "image skipped",
-                where,
-                cls,
-                num_classes,
-            )
-            return None
+    for cls, cx, cy, w, h in objects:
         x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
         cx0, cy0 = min(max(x0, 0.0), 1.0), min(max(y0, 0.0), 1.0)
         cx1, cy1 = min(max(x1, 0.0), 1.0), min(max(y1, 0.0), 1.0)
-        if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
-            if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
-                logger.warning("%s box %s lies outside the image; dropped", where, line)
-                continue
-            if max(abs(cx0 - x0), abs(cy0 - y0), abs(cx1 - x1), abs(cy1 - y1)) > 1e-3:
-                logger.warning("%s box %s reaches outside the image; clipped", where, line)
-        if w <= 0 or h <= 0:
-            logger.warning("%s box %s has zero width or height; dropped", where, line)
+        box = f"{cls} {cx:g} {cy:g} {w:g} {h:g}"
+        if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
+            logger.warning("%s box %s lies outside the image; dropped", _where(path), box)
             continue
+        if max(abs(cx0 - x0), abs(cy0 - y0), abs(cx1 - x1), abs(cy1 - y1)) > 1e-3:
+            logger.warning("%s box %s reaches outside the image; clipped", _where(path), box)
         classes.append(cls)
         boxes.append((cx0, cy0, cx1, cy1))
     return (
@@ -117,15 +81,15 @@ def read_label_file(path: Path, *, num_classes: int) -> tuple[np.ndarray, np.nda
 
 def _yolo_records(root: Path, split: str, num_classes: int) -> list[TrainRecord]:
     images_dir, labels_dir = root / "images" / split, root / "labels" / split
+    if not labels_dir.is_dir():
+        logger.warning("%s has no labels/%s folder: every image is a background image", root, split)
     records = []
     for path in list_images(images_dir):
         label = labels_dir / f"{path.stem}.txt"
-        if not label.is_file():
-            parsed = (np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
-        else:
-            parsed = read_label_file(label, num_classes=num_classes)
-        if parsed is not None:
-            records.append(TrainRecord(path, parsed[0], parsed[1], normalised=True))
+        # No label file, like an empty one, is a background image.
+        objects = parse_label_file(label, num_classes=num_classes) if label.is_file() else []
+        classes, boxes = _clipped_xyxy(objects, label)
+        records.append(TrainRecord(path, classes, boxes, normalised=True))
     return records
 
 
@@ -184,14 +148,15 @@ class TrainDataset(Dataset):
         root: dataset folder (COCO JSON or YOLO txt layout).
         split: e.g. ``train2017``; ``None`` picks the first ``train*`` split, else the only one.
         size: network input ``(height, width)`` or a square side, pixels.
-        num_classes: the model's classes; labels outside ``[0, num_classes)`` are rejected.
+        num_classes: the model's classes; a YOLO label outside ``[0, num_classes)`` is an error.
         augment: random transforms; ``None`` for none (resize/letterbox only).
         letterbox: keep aspect ratios (pad with grey) instead of stretching.
         seed: base seed of the per-sample augmentation.
         max_images: keep only the first images (overfitting tests, smoke runs).
 
     Raises:
-        DataError: no dataset there, or no usable image in it.
+        DataError: no dataset there, no usable image in it, or a malformed YOLO label line
+            (file and line).
     """
 
     def __init__(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from yolo_prune.data.coco import (
+from yolo_prune.data.ground_truth import (
     COCO80_TO_91,
     COCO_NAMES,
     DetectionDataset,
@@ -39,17 +39,33 @@ def parse_label_file(
 ) -> list[tuple[int, float, float, float, float]]:
     """The objects of one YOLO label file as ``(class, cx, cy, w, h)``, normalised.
 
-    Blank lines are ignored.
+    This is the one reader of YOLO label files: evaluation (:func:`yolo_txt_to_coco`) and
+    training (:class:`~yolo_prune.data.train_dataset.TrainDataset`) both call it, so a file
+    is accepted or refused the same way whatever reads it. Blank lines are ignored; an empty
+    file (like a missing one, which callers handle) means an image with no objects.
+    Coordinates may exceed [0, 1] by up to 1e-3 (rounding in the tool that wrote them).
+
+    Args:
+        path: the ``.txt`` label file.
+        num_classes: class ids must lie in ``[0, num_classes)``; ``None``: any id >= 0.
+
+    Returns:
+        One ``(class, cx, cy, w, h)`` per object, in file order: the box centre and size as
+        fractions of the image width and height.
 
     Raises:
         DataError: naming the file and line, for a line that is not ``class cx cy w h`` with an
-            integer class in ``[0, num_classes)``, coordinates in [0, 1] and a positive size.
+            integer class in ``[0, num_classes)``, finite coordinates in [0, 1] and a positive
+            width and height; or a file that cannot be read as UTF-8 text.
     """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise DataError("not a text label file (not UTF-8)", path=p) from None
+    except OSError as exc:
+        raise DataError(f"cannot read the label file ({exc.strerror or exc})", path=p) from None
+    bound = f"[0, {num_classes})" if num_classes is not None else "0 or more"
     objects = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -66,36 +82,40 @@ def parse_label_file(
             cls = int(fields[0])
         except ValueError:
             raise DataError(
-                f"class {fields[0]!r} is not an integer class index", path=p, line=number
+                f"class {fields[0][:20]!r} is not an integer class index; expected an integer "
+                f"in {bound}",
+                path=p,
+                line=number,
             ) from None
         if cls < 0 or (num_classes is not None and cls >= num_classes):
-            bound = f"[0, {num_classes})" if num_classes is not None else "0 or more"
             raise DataError(f"class {cls} is out of range; expected {bound}", path=p, line=number)
+        box = " ".join(fields[1:])[:60]
         try:
             cx, cy, w, h = (float(f) for f in fields[1:])
         except ValueError:
             raise DataError(
-                f"box {' '.join(fields[1:])!r} is not four numbers cx cy w h", path=p, line=number
+                f"box {box!r} is not four numbers cx cy w h", path=p, line=number
             ) from None
         values = (cx, cy, w, h)
         if not all(math.isfinite(v) for v in values):
             raise DataError(
-                f"box {' '.join(fields[1:])} holds a value that is not a finite number; the "
-                "tool that wrote the labels divided by zero?",
+                f"box {box} holds a value that is not a finite number; expected four numbers "
+                "in [0, 1] (did the tool that wrote the labels divide by zero?)",
                 path=p,
                 line=number,
             )
         if w <= 0 or h <= 0:
             raise DataError(
                 f"box has a {'negative' if min(w, h) < 0 else 'zero'} width or height "
-                f"({w} x {h}); the last two fields are the box size as fractions of the image",
+                f"({w} x {h}); expected both > 0: the last two fields are the box size as "
+                "fractions of the image",
                 path=p,
                 line=number,
             )
         if not all(-_EPS <= v <= 1 + _EPS for v in values):
             raise DataError(
-                f"box {' '.join(fields[1:])} is outside [0, 1]; YOLO labels are normalised by "
-                "the image width and height",
+                f"box {box} is outside [0, 1]; YOLO labels are normalised by the image width "
+                "and height (divide pixel coordinates by them)",
                 path=p,
                 line=number,
             )

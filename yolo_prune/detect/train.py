@@ -2,7 +2,9 @@
 
 :func:`train_detector` is the one library call behind ``yolo-prune train``. It assembles the
 generic :class:`~yolo_prune.engine.Trainer` with hooks; pruning reaches it the same way, as
-``hooks`` the caller passes in (their ``state_dict()`` goes into every checkpoint).
+``hooks`` the caller passes in (their ``state_dict()`` goes into every checkpoint), and
+validation as a ``validate`` function the caller passes in (training imports no evaluation
+code: :mod:`yolo_prune.eval` sits above :mod:`yolo_prune.detect`).
 
 Files written under ``out`` (only by rank 0)::
 
@@ -17,7 +19,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from yolo_prune.darknet import Darknet
 from yolo_prune.data.augment import AugmentConfig
 from yolo_prune.data.train_dataset import TrainDataset, collate_detection
 from yolo_prune.detect.loss import YoloLoss, distillation_loss
@@ -55,6 +58,12 @@ logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 
+ValidateFn = Callable[..., Mapping[str, Any]]
+"""``validate(model, *, letterbox, device) -> figures`` (at least ``AP`` and ``AP50``, in
+[0, 1]): the model on the validation data, its images made as the training images are
+(``letterbox``), on ``device``. :func:`yolo_prune.eval.detection.build_validator` makes one;
+training takes it from the caller so that it depends on no evaluation code."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -65,7 +74,8 @@ class TrainConfig:
     out: Path  # output folder (checkpoint, metrics, final weights)
     epochs: int  # epochs to train in all (a resumed run continues up to this)
     weights: Path | None = None  # Darknet .weights to start from (None: random init)
-    val: Path | None = None  # validation dataset folder (None: no validation)
+    val: Path | None = None  # validation dataset folder (None: no validation); the caller
+    # builds train_detector(validate=...) from it (build_validator in yolo_prune.eval.detection)
     split: str | None = None  # training split (None: the first train* split)
     val_split: str | None = None  # validation split (None: the first val* split)
     size: int | None = None  # square input side, pixels (None: the cfg's)
@@ -209,31 +219,29 @@ class _ValHook(Hook):
     """COCO AP/AP50 of the evaluated model (EMA or raw) on the validation set (rank 0)."""
 
     def __init__(
-        self, model: nn.Module, figures: _FiguresHook, *, config: TrainConfig, info, letterbox: bool
+        self,
+        model: nn.Module,
+        figures: _FiguresHook,
+        *,
+        validate: ValidateFn | None,
+        config: TrainConfig,
+        info,
+        letterbox: bool,
     ):
         self.model, self.figures, self.config, self.info = model, figures, config, info
+        self.validate = validate
         self.letterbox = letterbox  # as the training images are made
 
     def epoch_end(self, state: TrainState) -> None:
         c = self.config
         last = state.epoch + 1 >= state.epochs or state.stop
         if (
-            c.val is not None
+            self.validate is not None
             and self.info.is_main
             and ((state.epoch + 1) % c.val_every == 0 or last)
         ):
-            from yolo_prune.eval.detection import evaluate_detector
-
             was_training = self.model.training
-            metrics = evaluate_detector(
-                self.model,
-                c.val,
-                split=c.val_split,
-                size=c.size,
-                letterbox=self.letterbox,
-                device=self.info.device,
-                latency=False,
-            )
+            metrics = self.validate(self.model, letterbox=self.letterbox, device=self.info.device)
             self.model.train(was_training)
             state.log["val_AP"], state.log["val_AP50"] = metrics["AP"], metrics["AP50"]
         self.figures.record(state)
@@ -247,8 +255,6 @@ def _seed_everything(seed: int) -> None:
 
 def build_model(config: TrainConfig) -> nn.Module:
     """The Darknet detector of ``config.cfg`` at ``config.size``, filled from its weights."""
-    from yolo_prune.darknet import Darknet
-
     model = Darknet.from_cfg(config.cfg, size=config.size)
     if not model.is_detector:
         raise ConfigError(f"{config.cfg.name} has no [yolo] layer; train trains detectors")
@@ -263,6 +269,7 @@ def train_detector(
     hooks: Sequence[Hook] = (),
     model: nn.Module | None = None,
     teacher: nn.Module | None = None,
+    validate: ValidateFn | None = None,
 ) -> dict[str, Any]:
     """Fine-tune (or train) a Darknet detector as ``config`` says.
 
@@ -275,6 +282,9 @@ def train_detector(
         teacher: a detector with the same heads (e.g. the dense model before pruning) whose
             raw outputs the model imitates with weight ``config.distill``
             (:func:`~yolo_prune.detect.loss.distillation_loss`); it is not trained.
+        validate: measures val AP/AP50 (the EMA copy when EMA is on) every
+            ``config.val_every`` epochs and after the last (see :data:`ValidateFn`); ``None``:
+            no validation, and then ``config.val`` must be ``None`` too.
 
     Returns:
         ``{"epochs", "steps", "history", "out", "final_weights", "model", "ema"}``: the final
@@ -285,6 +295,12 @@ def train_detector(
     """
     if model is not None and config.weights is not None:
         raise ConfigError("give either a model or config.weights, not both")
+    if config.val is not None and validate is None:
+        raise ConfigError(
+            f"config.val={str(config.val)!r} but no validate= was given; pass "
+            "validate=yolo_prune.eval.detection.build_validator(config.val, ...) "
+            "(yolo-prune train does)"
+        )
     built = tuple(model.input_shape[1:]) if model is not None else None
     if built is not None and config.size is not None and built != (config.size, config.size):
         raise ConfigError(
@@ -383,7 +399,9 @@ def train_detector(
         all_hooks.append(EMAHook(ema))
     all_hooks += [
         figures,
-        _ValHook(eval_model, figures, config=config, info=info, letterbox=letterbox),
+        _ValHook(
+            eval_model, figures, validate=validate, config=config, info=info, letterbox=letterbox
+        ),
         # last, so that it saves what every other hook did in this step
         CheckpointHook(
             config.out,

@@ -8,8 +8,8 @@ from yolo_prune.engine.checkpoint import (
     save_checkpoint,
 )
 from yolo_prune.engine.ema import EMAHook, ModelEMA
-from yolo_prune.engine.hooks import Hook, LambdaHook, LossLogHook, LRSchedulerHook, TrainState
-from yolo_prune.engine.loop import Trainer, cross_entropy_loss, fit, to_device
+from yolo_prune.engine.hooks import Hook, LossLogHook, TrainState
+from yolo_prune.engine.loop import Trainer, cross_entropy_loss, to_device
 from yolo_prune.engine.schedule import LRScheduleHook, WarmupCosine
 
 __all__ = [
@@ -23,12 +23,9 @@ __all__ = [
     "restore_checkpoint",
     "resume_position",
     "save_checkpoint",
-    "LRSchedulerHook",
-    "LambdaHook",
     "LossLogHook",
     "TrainState",
     "Trainer",
     "cross_entropy_loss",
-    "fit",
     "to_device",
 ]

@@ -24,7 +24,6 @@ early. The loop knows nothing of what a hook does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,57 +78,6 @@ class Hook:
 
     def after_train(self, state: TrainState) -> None:
         """Called once after the last epoch (also when a hook stopped the run early)."""
-
-
-class LambdaHook(Hook):
-    """A hook made of plain functions, for one-off needs in scripts and tests.
-
-    Example: ``LambdaHook(epoch_end=lambda s: print(s.epoch, s.log))``.
-    """
-
-    def __init__(
-        self,
-        *,
-        before_train: Callable[[TrainState], None] | None = None,
-        before_epoch: Callable[[TrainState], None] | None = None,
-        before_step: Callable[[TrainState], None] | None = None,
-        loss: Callable[[TrainState, torch.Tensor], torch.Tensor] | None = None,
-        after_backward: Callable[[TrainState], None] | None = None,
-        after_step: Callable[[TrainState], None] | None = None,
-        epoch_end: Callable[[TrainState], None] | None = None,
-        after_train: Callable[[TrainState], None] | None = None,
-    ):
-        given = {
-            "before_train": before_train,
-            "before_epoch": before_epoch,
-            "before_step": before_step,
-            "loss": loss,
-            "after_backward": after_backward,
-            "after_step": after_step,
-            "epoch_end": epoch_end,
-            "after_train": after_train,
-        }
-        for name, fn in given.items():
-            if fn is not None:
-                setattr(self, name, fn)
-
-
-class LRSchedulerHook(Hook):
-    """Step a learning-rate scheduler after every optimizer step or at every epoch end."""
-
-    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler, *, every: str = "epoch"):
-        if every not in ("epoch", "step"):
-            raise ValueError(f"every={every!r}; expected 'epoch' or 'step'")
-        self.scheduler = scheduler
-        self.every = every
-
-    def after_step(self, state: TrainState) -> None:
-        if self.every == "step":
-            self.scheduler.step()
-
-    def epoch_end(self, state: TrainState) -> None:
-        if self.every == "epoch":
-            self.scheduler.step()
 
 
 class LossLogHook(Hook):

@@ -177,26 +177,3 @@ class Trainer:
             self.optimizer.step()
         self._call("after_step")
         return True
-
-
-def fit(
-    model: nn.Module,
-    loader: Iterable[Any],
-    optimizer: torch.optim.Optimizer,
-    *,
-    epochs: int,
-    compute_loss: LossFn = cross_entropy_loss,
-    hooks: Sequence[Hook] = (),
-    device: torch.device | str = "cpu",
-    max_steps_per_epoch: int | None = None,
-) -> TrainState:
-    """Train ``model`` for ``epochs`` epochs with ``hooks``; a shortcut for :class:`Trainer`."""
-    trainer = Trainer(
-        model,
-        optimizer,
-        compute_loss,
-        hooks=hooks,
-        device=device,
-        max_steps_per_epoch=max_steps_per_epoch,
-    )
-    return trainer.fit(loader, epochs=epochs)

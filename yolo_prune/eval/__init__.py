@@ -1,10 +1,8 @@
-"""Evaluation: classification accuracy, model profile (parameters, sparsity, MACs)."""
+"""Evaluation: classification accuracy, model profile (parameters, sparsity)."""
 
 from yolo_prune.eval.accuracy import Accuracy, evaluate_accuracy, tensor_batches
 from yolo_prune.eval.profile import (
-    MacStats,
     ParamStats,
-    count_macs,
     layer_stats,
     param_stats,
     weight_names,
@@ -12,9 +10,7 @@ from yolo_prune.eval.profile import (
 
 __all__ = [
     "Accuracy",
-    "MacStats",
     "ParamStats",
-    "count_macs",
     "evaluate_accuracy",
     "layer_stats",
     "param_stats",

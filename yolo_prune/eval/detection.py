@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,38 @@ def evaluate_detector(
         else:
             metrics["fps_batched"], metrics["latency_ms_batched"] = one.fps, one.latency_ms
     return metrics
+
+
+def build_validator(
+    dataset: DetectionDataset | str | Path,
+    *,
+    split: str | None = None,
+    size: int | Sequence[int] | None = None,
+    batch_size: int = 8,
+) -> Callable[..., dict[str, Any]]:
+    """The ``validate`` function of :func:`~yolo_prune.detect.train.train_detector`.
+
+    Returns:
+        ``validate(model, *, letterbox, device)``: :func:`evaluate_detector` on ``dataset``
+        (``split``, input ``size``) with the training run's letterbox and device, without
+        latency timing.
+    """
+
+    def validate(
+        model: nn.Module, *, letterbox: bool, device: torch.device | str
+    ) -> dict[str, Any]:
+        return evaluate_detector(
+            model,
+            dataset,
+            split=split,
+            size=size,
+            letterbox=letterbox,
+            batch_size=batch_size,
+            device=device,
+            latency=False,
+        )
+
+    return validate
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -1,9 +1,4 @@
-"""Model figures that do not depend on data: parameter counts, sparsity, multiply-accumulates.
-
-:func:`count_macs` works on any ``nn.Module`` through forward hooks on its convolution and
-linear layers (the layers that hold nearly all of a CNN's arithmetic); it reports the dense MACs
-and the MACs left when multiplications by zero weights are skipped.
-"""
+"""Model figures that do not depend on data: parameter counts and sparsity."""
 
 from __future__ import annotations
 
@@ -75,55 +70,3 @@ def weight_names(model: nn.Module) -> list[str]:
         for name, m in model.named_modules()
         if isinstance(m, types) and getattr(m, "weight", None) is not None
     ]
-
-
-@dataclass(frozen=True)
-class MacStats:
-    """Multiply-accumulates of one forward pass, per sample."""
-
-    dense: int  # with every weight
-    sparse: int  # skipping zero weights
-    layers: dict[str, tuple[int, int]]  # module name -> (dense, sparse)
-
-
-@torch.no_grad()
-def count_macs(model: nn.Module, example: torch.Tensor) -> MacStats:
-    """MACs per sample of ``model(example)`` over its conv and linear layers.
-
-    A conv weight ``[O, I/g, kh, kw]`` costs ``weight.numel()`` MACs at each output position;
-    a linear one ``[O, I]`` costs ``O * I`` per row of input. Biases, activations, pooling and
-    normalisation are not counted. ``example`` is ``[B, ...]``; figures are divided by ``B``.
-    """
-    layers: dict[str, tuple[int, int]] = {}
-    handles = []
-    batch = example.shape[0]
-
-    def hook(name: str):
-        def fn(module: nn.Module, inputs, output) -> None:
-            w = module.weight
-            nz = int(torch.count_nonzero(w))
-            if isinstance(module, nn.Linear):
-                positions = output.numel() // output.shape[-1]
-            else:
-                positions = output.numel() // output.shape[1]
-            d, s = layers.get(name, (0, 0))
-            layers[name] = (d + positions * w.numel() // batch, s + positions * nz // batch)
-
-        return fn
-
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            handles.append(m.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        model(example)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return MacStats(
-        dense=sum(d for d, _ in layers.values()),
-        sparse=sum(s for _, s in layers.values()),
-        layers=layers,
-    )

@@ -72,11 +72,6 @@ def mask_optimizer_state_(optimizer: torch.optim.Optimizer, model: nn.Module, ma
                 v.masked_fill_(~m.to(device=v.device, dtype=torch.bool), 0)
 
 
-def masks_to(masks: Masks, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """Masks as bool tensors on ``device``."""
-    return {n: m.to(device=device, dtype=torch.bool) for n, m in masks.items()}
-
-
 class MaskHook(Hook):
     """Keep pruned weights exactly zero through training (see the module docstring).
 

@@ -3,10 +3,11 @@
 A *channel group* is a set of output channels (filters of conv layers, rows of linear layers)
 that must go together so the network can be shrunk physically: a Darknet model lists them in
 ``model.channel_groups()`` (channels tied by shortcuts, route groups and depthwise convs). A
-model without that method gets one group per filter of every target.
-
-:func:`project_channel_groups` ranks the groups by importance and removes the least important
-until the requested fraction of channels is gone. A filter's importance is its L1 or L2 norm
+model without that method gets one group per filter of every target. This module binds a
+model's groups and scores to the pure projection
+:func:`~yolo_prune.prune.projections.project_channel_groups` (re-exported here), which ranks
+the groups by importance and removes the least important until the requested fraction of
+channels is gone. A filter's importance is its L1 or L2 norm
 divided by the mean norm of its layer's filters (so layers of different widths and scales are
 comparable); a group's importance is the mean over its filters. The "fisher" criterion
 measures instead, on training batches, how much the loss would rise without each channel
@@ -18,7 +19,6 @@ policy) bound the fraction of each layer's filters that may go, and no layer is 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -26,18 +26,18 @@ from torch import nn
 
 from yolo_prune.errors import PruneError
 from yolo_prune.prune.importance import ImportanceFn
-from yolo_prune.prune.projections import Projection, check_ratio, get_projection
+from yolo_prune.prune.projections import (
+    NORMS,
+    Projection,
+    check_round_to,
+    filter_norms,
+    get_projection,
+    project_channel_groups,
+)
 
 logger = logging.getLogger(__name__)
 
-Group = Sequence[tuple[str, int]]  # (weight name, output channel) pairs
-NORMS = ("l1", "l2")
 CRITERIA = ("l1", "l2", "bn", "fisher")  # "fisher" is measured on data, not read from weights
-
-
-def _norms(w: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = w.detach().reshape(w.shape[0], -1).float()
-    return flat.abs().sum(1) if norm == "l1" else flat.pow(2).sum(1).sqrt()
 
 
 def filter_scores(
@@ -67,7 +67,7 @@ def filter_scores(
         if scale is not None:
             out[n] = params[scale].detach().abs()
         else:
-            out[n] = _norms(params[n], "l1" if criterion == "l1" else "l2")
+            out[n] = filter_norms(params[n], "l1" if criterion == "l1" else "l2")
     return out
 
 
@@ -99,169 +99,6 @@ def model_channel_groups(model: nn.Module, names: Sequence[str]) -> list[list[tu
         )
     groups = [list(g) for g in method()]
     return [g for g in groups if g and all(name in wanted for name, _ in g)]
-
-
-def _layer_counts(group: Group) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name, _ in group:
-        counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def _removal_units(
-    groups: Sequence[Group],
-    importance: torch.Tensor,
-    widths: Mapping[str, int],
-    round_to: int,
-) -> tuple[list[list[int]], list[int]]:
-    """Split the groups into units that are removed whole, and say which family each unit is in.
-
-    Groups with the same filters-per-layer signature form a *family* (the channels of one
-    shortcut chain, of one plain layer, ...). Within a family the groups are taken least
-    important first. With ``round_to == 1`` every group is a unit. Otherwise a family whose
-    layers are read by no other family is cut into runs of groups such that, after removing
-    any number of whole runs, each of its layers keeps a multiple of ``round_to`` filters; a
-    family sharing a layer with another one (or one that cannot be aligned) keeps one group per
-    unit and its layers are not rounded.
-    """
-    families: dict[tuple[tuple[str, int], ...], list[int]] = {}
-    for gi, grp in enumerate(groups):
-        families.setdefault(tuple(sorted(_layer_counts(grp).items())), []).append(gi)
-    owners: dict[str, int] = {}
-    for key in families:
-        for name, _ in key:
-            owners[name] = owners.get(name, 0) + 1
-    units: list[list[int]] = []
-    unit_family: list[int] = []
-    unaligned: list[str] = []
-    for fi, (key, members) in enumerate(families.items()):
-        order = sorted(members, key=lambda gi: (float(importance[gi]), gi))
-        n = len(order)
-        cuts: list[int] = []  # numbers of groups kept after each run, descending
-        if round_to > 1 and all(owners[name] == 1 for name, _ in key):
-            fixed = {name: widths[name] - d * n for name, d in key}
-            # keeping 0 groups is a candidate too: the caps never let a layer be emptied
-            cuts = [g for g in range(n, -1, -1) if all(
-                (d * g + fixed[name]) % round_to == 0 for name, d in key)]  # fmt: skip
-            if not [c for c in cuts if c < n]:
-                unaligned.extend(name for name, _ in key)
-                cuts = []
-        elif round_to > 1:
-            unaligned.extend(name for name, _ in key)
-        if not cuts:
-            cuts = list(range(n - 1, -1, -1))
-        start = 0
-        for kept in (c for c in cuts if c < n):
-            units.append(order[start : n - kept])
-            unit_family.append(fi)
-            start = n - kept
-    if unaligned:
-        shown = sorted(set(unaligned))
-        logger.info("round_to=%d: not rounded (channels shared irregularly): %s%s", round_to,
-                    ", ".join(shown[:5]), ", ..." if len(shown) > 5 else "")  # fmt: skip
-    return units, unit_family
-
-
-@torch.no_grad()
-def project_channel_groups(
-    weights: Mapping[str, torch.Tensor],
-    groups: Sequence[Group],
-    ratio: float,
-    *,
-    caps: Mapping[str, float] | None = None,
-    norm: str = "l2",
-    scores: Mapping[str, torch.Tensor] | None = None,
-    normalize: bool | Mapping[str, float] = True,
-    round_to: int = 1,
-) -> dict[str, torch.Tensor]:
-    """Keep-masks that remove the least important channel groups.
-
-    Args:
-        weights: ``name -> weight`` (dim 0 = output channels) of the target layers.
-        groups: channel groups over those weights (see :func:`model_channel_groups`).
-        ratio: fraction of the groups' channels to remove, in [0, 1); groups are removed in
-            order of importance until at least ``round(ratio * channels)`` channels are gone.
-        caps: optional ``name -> c``: at most ``floor(c * filters)`` of a layer's filters go.
-        norm: "l1" or "l2" filter norm, used where ``scores`` is not given.
-        scores: optional ``name -> [out]`` importance of each filter (e.g. from
-            :func:`filter_scores` with the "bn" criterion) instead of the weight norm.
-        normalize: divide each layer's scores by their mean before ranking (weight norms and
-            BN scales differ in scale from layer to layer); False for scores already comparable
-            across layers, such as Fisher importance; or ``name -> divisor`` to divide by given
-            values (:func:`build_projection` keeps the first call's means, see there).
-        round_to: every layer that loses filters keeps a multiple of this many (8 suits the
-            SIMD width of CPU convolution kernels). Groups tied together (a shortcut chain: one
-            filter in each of its layers) are removed in runs that keep each of their layers
-            aligned. Layers that share channels with more than one such family (e.g. a
-            depthwise conv reading a route of two layers), or whose width cannot be aligned,
-            are not rounded (logged). The global count is then met to within one run.
-
-    Returns:
-        ``name -> bool`` masks shaped like the weights, False on removed filters.
-
-    Raises:
-        PruneError: bad ratio, norm or round_to, or the caps do not allow removing that many.
-    """
-    check_ratio(ratio)
-    if norm not in NORMS:
-        raise PruneError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-    check_round_to(round_to)
-    for grp in groups:
-        for name, ch in grp:
-            if name not in weights:
-                raise PruneError(f"channel group member {name!r} is not a target weight")
-            if not 0 <= ch < weights[name].shape[0]:
-                raise PruneError(f"channel {ch} of {name!r} does not exist")
-    raw = dict(scores) if scores is not None else {n: _norms(w, norm) for n, w in weights.items()}
-    rel = {}
-    for name in weights:
-        s = raw[name].detach().abs().float()
-        if isinstance(normalize, Mapping):
-            rel[name] = s / max(float(normalize[name]), 1e-12)
-        else:
-            rel[name] = s / s.mean().clamp(min=1e-12) if normalize else s
-    importance = torch.tensor(
-        [sum(float(rel[n][c]) for n, c in g) / len(g) for g in groups], dtype=torch.float64
-    )
-    widths = {n: w.shape[0] for n, w in weights.items()}
-    units, unit_family = _removal_units(groups, importance, widths, round_to)
-    unit_score = [float(importance[u].mean()) for u in units]
-    total = sum(len(g) for g in groups)
-    target = round(ratio * total)
-    limit = {n: min(w - 1, math.floor((caps or {}).get(n, 1.0) * w)) for n, w in widths.items()}
-    removed_per_layer = dict.fromkeys(weights, 0)
-    blocked: set[int] = set()  # families whose next run the caps refused: later runs wait on it
-    chosen: list[int] = []
-    removed = 0
-    # Stable sort: equal scores keep the units' order, so a family's runs go in turn.
-    for ui in sorted(range(len(units)), key=lambda i: unit_score[i]):
-        if removed >= target:
-            break
-        if unit_family[ui] in blocked:
-            continue
-        per_layer: dict[str, int] = {}
-        for gi in units[ui]:
-            for n, k in _layer_counts(groups[gi]).items():
-                per_layer[n] = per_layer.get(n, 0) + k
-        if any(removed_per_layer[n] + k > limit[n] for n, k in per_layer.items()):
-            blocked.add(unit_family[ui])
-            continue
-        for n, k in per_layer.items():
-            removed_per_layer[n] += k
-        chosen.extend(units[ui])
-        removed += sum(len(groups[gi]) for gi in units[ui])
-    if removed < target:
-        raise PruneError(
-            f"ratio {ratio} asks for {target:,} of {total:,} channels, but the per-layer caps "
-            f"allow removing only {removed:,}; lower the ratio or relax the policy's caps"
-        )
-    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
-    for gi in chosen:
-        for name, ch in groups[gi]:
-            masks[name][ch] = False
-    logger.info("channel groups: removed %d of %d channels in %d groups", removed, total,
-                len(chosen))  # fmt: skip
-    return masks
 
 
 class GroupProjectionMixin:
@@ -301,13 +138,6 @@ def check_group_method(
     if criterion not in CRITERIA:
         raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     check_round_to(round_to)
-
-
-def check_round_to(round_to: int) -> int:
-    """``round_to`` as a positive int, or a ``PruneError``."""
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise PruneError(f"round_to={round_to!r}; expected a positive integer (1: no rounding)")
-    return round_to
 
 
 def build_projection(
@@ -388,10 +218,18 @@ def build_projection(
         norm = criterion if criterion in NORMS else "l2"
         scores = group_scores()
         if criterion != "fisher" and not scale:
-            raw = scores if scores is not None else {n: _norms(w, norm) for n, w in weights.items()}
+            raw = (
+                scores
+                if scores is not None
+                else {n: filter_norms(w, norm) for n, w in weights.items()}
+            )
             scale.update({n: float(v.detach().abs().float().mean()) for n, v in raw.items()})
         if costs:  # importance per GFLOP (free channels, cost 0, rank last to go)
-            raw = scores if scores is not None else {n: _norms(w, norm) for n, w in weights.items()}
+            raw = (
+                scores
+                if scores is not None
+                else {n: filter_norms(w, norm) for n, w in weights.items()}
+            )
             scores = {n: raw[n].detach().abs().float() / costs[n].to(raw[n].device).clamp(min=1e-12)
                       for n in raw}  # fmt: skip
         return project_channel_groups(

@@ -68,8 +68,8 @@ from yolo_prune.errors import PruneError
 from yolo_prune.prune.base import EvalFn, FitFn, PruneResult, check_epochs, prepare_targets
 from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.masks import MaskHook, apply_masks_
-from yolo_prune.prune.projections import check_ratio, sparsity
-from yolo_prune.prune.structured import Group, model_channel_groups
+from yolo_prune.prune.projections import Group, check_ratio, sparsity
+from yolo_prune.prune.structured import model_channel_groups
 from yolo_prune.prune.targets import TargetConfig, candidate_names
 
 logger = logging.getLogger(__name__)
