@@ -148,3 +148,50 @@ def reference() -> Callable:
 @pytest.fixture(scope="session")
 def randomize() -> Callable:
     return randomize_
+
+
+def _cifar_tarball(path: Path, split: str, n: int, seed: int) -> None:
+    """A CIFAR-10 JPEG tarball of ``n`` random 32x32 images, class-sorted like the real one."""
+    import io
+    import tarfile
+
+    classes = ("airplane", "automobile", "bird", "cat", "deer")
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w:gz") as tar:
+        for i in range(n):
+            img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            ok, buf = cv2.imencode(".jpg", img)
+            assert ok
+            info = tarfile.TarInfo(f"{split}/{classes[i % len(classes)]}/{i:04d}.jpg")
+            info.size = len(buf)
+            tar.addfile(info, io.BytesIO(buf.tobytes()))
+
+
+@pytest.fixture
+def tiny_cifar10(tmp_path, monkeypatch) -> Path:
+    """A CIFAR-10 folder with 40 train and 20 test random images (its decode cache in tmp)."""
+    monkeypatch.setenv("YOLO_PRUNE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cifar10"
+    root.mkdir()
+    _cifar_tarball(root / "cifar10_jpg_train.tar.gz", "train", 40, seed=0)
+    _cifar_tarball(root / "cifar10_jpg_test.tar.gz", "test", 20, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_mnist(shared_data, tmp_path_factory) -> Path:
+    """The first 600 training and 300 test images of the real MNIST, as idx files."""
+    import gzip
+    import struct
+
+    from yolo_prune.data.mnist import FILES, read_idx
+
+    root = tmp_path_factory.mktemp("small_mnist")
+    for split, n in (("train", 600), ("test", 300)):
+        for name in FILES[split]:
+            array = read_idx(shared_data / "mnist" / name)[:n]
+            header = struct.pack(">HBB", 0, 0x08, array.ndim)
+            dims = struct.pack(f">{array.ndim}I", *array.shape)
+            with gzip.open(root / name, "wb") as f:
+                f.write(header + dims + array.astype(np.uint8).tobytes())
+    return root

@@ -16,12 +16,31 @@ from yolo_prune.prune import build_config
 
 
 def test_shipped_recipes_build_every_variant(repo_cfg):
-    for name in ("yolov3-tiny", "yolov4-tiny", "yolov4"):
-        recipe = read_recipe(repo_cfg / "recipes" / f"{name}.yaml")
-        assert recipe["methods"], name
+    paths = sorted((repo_cfg / "recipes").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"yolov3-tiny", "yolov4", "lenet5", "resnet56"}
+    for path in paths:
+        recipe = read_recipe(path)  # builds every variant's config: raises on any bad option
+        assert recipe["methods"], path.name
         for variant in recipe["methods"]:
-            method, options = variant_options(recipe, variant)
-            build_config(method, options)  # raises on any bad option
+            build_config(*variant_options({**recipe, "ratio": recipe.get("ratio") or 0.5}, variant))
+
+
+def test_classifier_recipes_spend_their_budget_in_every_variant(repo_cfg):
+    from yolo_prune.jobs.prune import check_job
+    from yolo_prune.jobs.tasks import ClassificationTask, TaskInputs
+
+    for name in ("lenet5", "resnet56"):
+        recipe = read_recipe(repo_cfg / "recipes" / f"{name}.yaml")
+        task = ClassificationTask(TaskInputs(cfg=repo_cfg / f"{name}.cfg", data=None, val=None))
+        check_job(recipe, task, list(recipe["methods"]))  # budget_epochs and task settings
+
+
+def test_a_typo_in_any_variant_fails_when_the_recipe_is_read(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("methods:\n  - {name: a, method: magnitude}\n"
+                 "  - {name: x, method: admm, ratio: 0.5, epoch: 3}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match="r.yaml: methods.x: admm: unknown option 'epoch'"):
+        read_recipe(p)
 
 
 def test_unknown_top_level_key_is_named(tmp_path):
@@ -45,7 +64,7 @@ def test_unknown_train_option_and_wrong_type_are_named(tmp_path):
 def test_not_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("ratio: [0.5\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: not valid YAML"):
         read_recipe(bad)
     with pytest.raises(ConfigError, match=r"no such recipe file"):
         read_recipe(tmp_path / "nope.yaml")
@@ -80,7 +99,7 @@ def test_variant_takes_the_recipe_ratio_and_scales_its_stages():
 
 
 def test_yaml_round_trip(tmp_path):
-    recipe = normalise({"ratio": 0.5, "train": {"lr": 0.01}, "methods": {"admm": {"epochs": 2}}})
+    recipe = normalise({"ratio": 0.5, "train": {"lr": 0.01}, "methods": {"admm": {"epochs": 3}}})
     path = tmp_path / "r.yaml"
     path.write_text(to_yaml(recipe))
     back = read_recipe(path)

@@ -148,13 +148,26 @@ def job_inputs(args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, An
             "data": Path(data), "val": Path(val)}  # fmt: skip
 
 
+def needs_ratio(recipe: dict[str, Any], method: str) -> bool:
+    """Whether variant ``method`` still lacks a ratio: it takes one and its recipe entry gives
+    none (Deep Compression takes none: its accuracy budget decides)."""
+    import dataclasses
+
+    from yolo_prune.jobs.recipe import variant_options
+    from yolo_prune.prune.registry import method_spec
+
+    name, options = variant_options(recipe, method)
+    fields = {f.name for f in dataclasses.fields(method_spec(name).config)}
+    return "ratio" in fields and options.get("ratio") is None and not options.get("ratios")
+
+
 def run(args: argparse.Namespace) -> int:
     from yolo_prune.jobs.prune import PruneJobConfig, check_job, format_report, run_prune
 
     recipe = recipe_from_args(args)
     inputs = job_inputs(args, recipe)
     method = recipe.get("method") or "admm"
-    if recipe.get("ratio") is None and recipe.get("flops") is None:
+    if recipe.get("ratio") is None and recipe.get("flops") is None and needs_ratio(recipe, method):
         raise ConfigError("no ratio: give --ratio R (the fraction of weights to remove, e.g. 0.5)")
     if args.flops is not None and args.ratio is not None:
         raise ConfigError("give --ratio or --flops, not both (--flops searches the ratio)")

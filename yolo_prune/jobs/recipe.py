@@ -173,6 +173,11 @@ def normalise(data: Mapping[str, Any], *, where: str = "recipe") -> dict[str, An
 def _check_train(values: Mapping[str, Any], where: str) -> None:
     known = train_keys()
     unknown = sorted(set(values) - known)
+    if unknown and unknown[0].endswith("epochs"):
+        raise ConfigError(
+            f"{where}: unknown option {unknown[0]!r}; epochs are set per method variant "
+            "(methods: [{name: ..., method: ..., epochs: N}]) or by dense_epochs"
+        )
     if unknown:
         raise ConfigError(
             f"{where}: unknown option {unknown[0]!r}; known options: {', '.join(sorted(known))}"
