@@ -55,6 +55,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-val-images", type=int, help="evaluate on the first N images only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run in --out from its phases' checkpoints (same flags)",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -185,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         calib_images=args.calib_images,
         val_split=args.val_split,
         max_val_images=args.max_val_images,
+        resume=args.resume,
     )
     check_job(recipe, config.task(), [method])
     report = run_prune(config)

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         calib_images=args.calib_images,
         val_split=args.val_split,
         max_val_images=args.max_val_images,
+        resume=args.resume,
     )
 
     def show(row: dict) -> None:

@@ -66,6 +66,7 @@ class PruneJobConfig:
     keep_checkpoints: bool = False  # keep phases/*/last.pt after a finished run (100s of MB)
     deploy: bool = True  # write pruned.onnx and pruned-int8.onnx, score and time the INT8 one
     calib_images: int = 64  # training images that calibrate the INT8 model
+    resume: bool = False  # continue a killed run in `out` from its phases' checkpoints
 
     def task(self) -> Task:
         """The task of the cfg (detection or classification), with the recipe's settings."""
@@ -134,6 +135,33 @@ def check_job(
             )
 
 
+def check_resumable(
+    config: PruneJobConfig, recipe: Mapping[str, Any], task: Task
+) -> dict[str, Any] | None:
+    """For ``--resume``: refuse an output folder that another recipe wrote; return the dense
+    figures the killed run measured (None if it had not got that far).
+
+    The run then repeats its deterministic steps and each phase continues from its checkpoint
+    (``phases/<phase>/last.pt``: model, optimizer, the pruner's hook state, RNG and data
+    position), so it ends with the weights an uninterrupted run would have.
+    """
+    if not task.resumable:
+        raise ConfigError(
+            f"--resume: a {task.kind} job's phases keep no checkpoints yet; run it again without "
+            "--resume (a sweep still keeps its finished points)"
+        )
+    written = config.out / "config.yaml"
+    if written.is_file() and written.read_text() != merged_config(recipe, config.method):
+        raise ConfigError(
+            f"--resume: {written} was written by another recipe or method than this command's; "
+            "resume with the same flags, or give a new --out"
+        )
+    if (config.out / "report.json").is_file():
+        logger.warning("%s: this run had finished; running it again", config.out)
+    dense = config.out / "dense.json"
+    return json.loads(dense.read_text()) if dense.is_file() else None
+
+
 def dense_model(config: PruneJobConfig, task: Task) -> nn.Module:
     """The dense model: loaded from ``config.weights``; without weights, trained for the
     recipe's ``dense_epochs`` (saved as ``out/dense.weights``) or, with none, freshly
@@ -196,7 +224,8 @@ def make_fit(
                     logger.info("%d pruned channel groups folded before %s", len(folded), phase)
         settings = {**phase_settings(recipe, phase), **config.extra_train}
         last = task.fit(model, phase, epochs, hooks, settings=settings, teacher=teacher,
-                        distill=distill, out=config.out / "phases" / phase)  # fmt: skip
+                        distill=distill, out=config.out / "phases" / phase,
+                        resume=config.resume)  # fmt: skip
         for masks in masked:  # an EMA of masked weights keeps the zeros; re-assert them anyway
             apply_masks_(model, masks)
         phases.append(
@@ -227,6 +256,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     pruner = build_pruner(method, options)  # validates the options before any work
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
+    dense_metrics = config.dense_metrics
+    if config.resume:
+        dense_metrics = check_resumable(config, recipe, task) or dense_metrics
     atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
     t_dense = time.perf_counter()
     model = dense_model(config, task)
@@ -237,8 +269,8 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
             "minutes": (time.perf_counter() - t_dense) / 60,
         }
 
-    if config.dense_metrics is not None:
-        dense = dict(config.dense_metrics)
+    if dense_metrics is not None:
+        dense = dict(dense_metrics)
     else:
         logger.info("evaluating the dense model")
         dense = task.evaluate(model)

@@ -41,6 +41,7 @@ class Task(Protocol):
     """One kind of model and data, as the prune job sees it."""
 
     kind: str  # "detection" or "classification"
+    resumable: bool  # fit(resume=True) continues a phase from its checkpoint
     metric: str  # the main figure of ``evaluate`` (higher is better), e.g. "AP50" or "top1"
     inputs: TaskInputs
 
@@ -59,8 +60,9 @@ class Task(Protocol):
 
     def fit(self, model: nn.Module, phase: str, epochs: int, hooks: Sequence[Any], *,
             settings: Mapping[str, Any], teacher: nn.Module | None, distill: float,
-            out: Path) -> dict[str, Any]:  # fmt: skip
-        """Train ``model`` in place; returns the last epoch's figures."""
+            out: Path, resume: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Train ``model`` in place (with ``resume``: continue from ``out``'s checkpoint);
+        returns the last epoch's figures."""
         ...
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
@@ -132,6 +134,7 @@ class DetectionTask:
 
     kind = "detection"
     metric = "AP50"
+    resumable = True  # its phases checkpoint (train_detector), so a killed job can continue
     _JOB_OWNED = frozenset({"cfg", "data", "out", "epochs", "weights", "val", "resume",
                             "max_steps", "size", "device", "progress", "distill"})  # fmt: skip
 
@@ -165,13 +168,14 @@ class DetectionTask:
 
     def fit(self, model: nn.Module, phase: str, epochs: int, hooks: Sequence[Any], *,
             settings: Mapping[str, Any], teacher: nn.Module | None, distill: float,
-            out: Path) -> dict[str, Any]:  # fmt: skip
+            out: Path, resume: bool = False) -> dict[str, Any]:  # fmt: skip
         from yolo_prune.detect.train import TrainConfig, train_detector
 
         config = _check_dataclass(
             TrainConfig, settings, f"train settings of phase {phase!r}", cfg=self.inputs.cfg,
             data=self._data(), out=out, epochs=epochs, size=model.input_shape[1],
             device=self.inputs.device, progress=self.inputs.progress, distill=distill,
+            resume=resume,
         )  # fmt: skip
         result = train_detector(config, hooks=hooks, model=model, teacher=teacher)
         if result["ema"] is not None:  # continue from (and prune) the averaged weights
@@ -239,6 +243,7 @@ class ClassificationTask:
 
     kind = "classification"
     metric = "top1"
+    resumable = False  # its phases keep no checkpoints (yet)
 
     def __init__(self, inputs: TaskInputs, *, base: Mapping[str, Any] | None = None):
         self.inputs = inputs
@@ -300,7 +305,7 @@ class ClassificationTask:
 
     def fit(self, model: nn.Module, phase: str, epochs: int, hooks: Sequence[Any], *,
             settings: Mapping[str, Any], teacher: nn.Module | None, distill: float,
-            out: Path) -> dict[str, Any]:  # fmt: skip
+            out: Path, resume: bool = False) -> dict[str, Any]:  # fmt: skip
         from yolo_prune.classify.train import train_classifier
 
         if distill:
