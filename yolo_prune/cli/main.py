@@ -25,7 +25,7 @@ from yolo_prune.errors import YoloPruneError
 
 # Subcommand modules, in the order `--help` lists them. A module that is missing (a feature not
 # built yet) is simply not offered.
-SUBCOMMANDS = ("info", "detect", "eval", "train", "prune", "sweep", "export", "download")
+SUBCOMMANDS = ("info", "detect", "eval", "train", "prune", "sweep", "export", "bench", "download")
 
 
 def build_parser() -> argparse.ArgumentParser:
