@@ -261,3 +261,25 @@ def test_detect_takes_the_pruned_outputs_directly(admm_run, shared_data, tmp_pat
     a = json.loads((tmp_path / "sparse" / "detections.json").read_text())
     b = json.loads((tmp_path / "dense-layout" / "detections.json").read_text())
     assert a == b and a
+
+
+def test_without_data_a_weight_only_method_prunes_and_says_nothing_was_measured(
+    tiny_weights, tmp_path, capsys
+):
+    out = tmp_path / "nodata"
+    base = ["prune", "--cfg", str(TINY_CFG), "--weights", str(tiny_weights), "--size", "64",
+            "--ratio", "0.5", "--out", str(out), "--no-latency", "--no-progress"]  # fmt: skip
+    assert main([*base, "--method", "channel", "--set", "methods.channel.criterion=l1"]) == 0
+    printed = capsys.readouterr().out
+    assert "Accuracy was not measured" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["measured"] is False and report["pruned"]["AP50"] is None
+    assert report["refit_images"] == 0 and report["phases"] == []
+    assert (out / "pruned-shrunk.cfg").is_file() and (out / "pruned.onnx").is_file()
+    assert not (out / "pruned-int8.onnx").exists()  # INT8 needs calibration images
+    # a method that trains, or ranks on data, says what to give or run instead
+    for extra in (["--method", "admm"], ["--method", "channel"]):
+        assert main([*base, "--out", str(tmp_path / "x"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no training data: give --data FOLDER" in err, err
+        assert not (tmp_path / "x" / "report.json").exists()

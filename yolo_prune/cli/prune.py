@@ -139,18 +139,19 @@ def job_inputs(args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, An
         weights = resolve_weights(resolve_path(recipe, weights))
         require_file(weights, "weights file")
     data = args.data or resolve_path(recipe, recipe.get("data"))
-    if data is None:
-        raise ConfigError("no training data: give --data FOLDER")
     val = args.val or resolve_path(recipe, recipe.get("val")) or data
     for what, folder in (("--data", data), ("--val", val)):
+        if folder is None:
+            continue
         if not Path(folder).is_dir():
             raise ConfigError(f"{what} {folder}: no such dataset folder")
     if args.calib_images < 1:
         raise ConfigError(f"--calib-images {args.calib_images}; expected a positive integer")
     if args.max_val_images is not None and args.max_val_images < 1:
         raise ConfigError(f"--max-val-images {args.max_val_images}; expected a positive integer")
-    return {"cfg": Path(cfg), "weights": Path(weights) if weights is not None else None,
-            "data": Path(data), "val": Path(val)}  # fmt: skip
+    as_path = lambda p: Path(p) if p is not None else None  # noqa: E731
+    return {"cfg": Path(cfg), "weights": as_path(weights), "data": as_path(data),
+            "val": as_path(val)}  # fmt: skip
 
 
 def needs_ratio(recipe: dict[str, Any], method: str) -> bool:

@@ -51,8 +51,9 @@ class PruneJobConfig:
     cfg: Path  # Darknet .cfg of the dense model (a detector or a classifier)
     weights: Path | None  # its weights (.weights, .pt or sparse); None: the recipe's
     # `dense_epochs` of training (classifiers), else random init (tests)
-    data: Path  # training dataset folder (COCO JSON or YOLO txt; MNIST or CIFAR-10)
-    val: Path  # validation dataset folder (detection: AP before and after)
+    data: Path | None  # training dataset folder (COCO JSON or YOLO txt; MNIST or CIFAR-10);
+    # None: a method that needs no data (one-shot, weight-based), no refit, nothing measured
+    val: Path | None  # validation dataset folder (detection: AP before and after; None: none)
     out: Path  # output folder
     recipe: Mapping[str, Any]  # normalised recipe (see yolo_prune.jobs.recipe), overrides applied
     method: str  # the variant of recipe["methods"] (or a registered method) to run
@@ -122,6 +123,14 @@ def check_job(
     for name in methods:
         method, options = variant_options({**recipe, "ratio": recipe.get("ratio") or 0.5}, name)
         config = build_config(method, options)
+        if task.inputs.data is None and config.needs_data():
+            raise ConfigError(
+                f"no training data: give --data FOLDER ({name} trains or measures on images; "
+                "without data run a one-shot method that reads the weights only, e.g. "
+                "--method magnitude --set methods.magnitude.epochs=0, or channel with "
+                "criterion l1, l2 or bn)"
+            )
+
         if budget is not None and config.epochs_spent() != budget:
             raise ConfigError(
                 f"methods.{name} spends {config.epochs_spent()} training epochs but the recipe's "
@@ -170,6 +179,9 @@ def dense_model(config: PruneJobConfig, task: Task) -> nn.Module:
     model = task.load_dense(config.weights, size=recipe.get("size"))
     epochs = recipe.get("dense_epochs") or 0
     if config.weights is None and epochs:
+        if config.data is None:
+            raise ConfigError("no dense weights and no data to train them on: give --weights "
+                              "FILE, or --data FOLDER to train the dense model first")  # fmt: skip
         logger.info("training the dense model: %d epochs", epochs)
         task.fit(model, "dense", epochs, [], settings=phase_settings(recipe, "dense"),
                  teacher=None, distill=0.0, out=config.out / "phases" / "dense")  # fmt: skip
@@ -252,7 +264,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         recipe = {**recipe, "ratio": 0.3}  # provisional: the FLOPs target sets the ratio
     method, options = variant_options(recipe, config.method)
     distill = variant_distill(recipe, config.method)
-    refit = variant_refit(recipe, config.method)
+    refit = variant_refit(recipe, config.method) if config.data is not None else 0
     pruner = build_pruner(method, options)  # validates the options before any work
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +308,8 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     teacher = frozen if distill else None
     fit = make_fit(config, task, model, recipe=recipe, teacher=teacher, distill=distill,
                    refit=refit, dense=frozen, phases=phases, cut=cut)  # fmt: skip
-    result = pruner.run(model, fit=fit, evaluate=lambda: task.score(model), importance=importance)
+    score = (lambda: task.score(model)) if config.val is not None else None
+    result = pruner.run(model, fit=fit, evaluate=score, importance=importance)
     model.eval()
     pruned = task.evaluate(model)
 
@@ -316,10 +329,11 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         shipped = shrunk_model if shrunk_model is not None else model
         int8_path, deploy_files = write_deployables(shipped, out, config, task)
         files.update(deploy_files)
-        from yolo_prune.runtime import load_onnx_model
+        if int8_path is not None:
+            from yolo_prune.runtime import load_onnx_model
 
-        int8_model = load_onnx_model(int8_path)
-        int8_metrics = task.evaluate(int8_model)
+            int8_model = load_onnx_model(int8_path)
+            int8_metrics = task.evaluate(int8_model)
     if config.latency and frozen is not None:
         timed = {"dense": frozen, "pruned": model, "shrunk": shrunk_model, "int8": int8_model}
         speeds = time_side_by_side({k: v for k, v in timed.items() if v is not None}, config)
@@ -361,6 +375,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "files": files,
         "dense_weights_bytes": _darknet_bytes(frozen) if frozen is not None else None,
         "dense_training": trained,
+        "measured": config.val is not None,  # False: no data, accuracy not measured
         "phases": phases,
         "history": json.loads(json.dumps(result.history, default=float)),
         "admm": admm_summary(result.history),
@@ -485,10 +500,11 @@ def time_side_by_side(
 
 def write_deployables(
     model: nn.Module, out: Path, config: PruneJobConfig, task: Task
-) -> tuple[Path, dict[str, int]]:
-    """``pruned.onnx`` (float) and ``pruned-int8.onnx`` (static INT8, QDQ, calibrated on the
-    first ``config.calib_images`` training images); returns the INT8 path and the sizes of
-    both files and of ``pruned.sparse`` compressed with zlib (what a download would weigh)."""
+) -> tuple[Path | None, dict[str, int]]:
+    """``pruned.onnx`` (float) and, with training data to calibrate it on, ``pruned-int8.onnx``
+    (static INT8, QDQ, calibrated on the first ``config.calib_images`` training images);
+    returns the INT8 path (None without data) and the sizes of the files and of
+    ``pruned.sparse`` compressed with zlib (what a download would weigh)."""
     import zlib
 
     from yolo_prune.export.onnx import export_onnx
@@ -496,14 +512,13 @@ def write_deployables(
 
     onnx_path, int8_path = out / "pruned.onnx", out / "pruned-int8.onnx"
     export_onnx(model, onnx_path, input_shape=model.input_shape)
-    batches = task.deploy_calibration(model, config.calib_images)
-    quantize_onnx_int8(onnx_path, int8_path, calibration=batches)
-    sparse = out / "pruned.sparse"
-    return int8_path, {
-        "pruned.onnx": onnx_path.stat().st_size,
-        "pruned-int8.onnx": int8_path.stat().st_size,
-        "pruned.sparse (zlib)": len(zlib.compress(sparse.read_bytes(), 9)),
-    }
+    sizes = {"pruned.onnx": onnx_path.stat().st_size}
+    if config.data is not None:
+        batches = task.deploy_calibration(model, config.calib_images)
+        quantize_onnx_int8(onnx_path, int8_path, calibration=batches)
+        sizes["pruned-int8.onnx"] = int8_path.stat().st_size
+    sizes["pruned.sparse (zlib)"] = len(zlib.compress((out / "pruned.sparse").read_bytes(), 9))
+    return (int8_path if config.data is not None else None), sizes
 
 
 def _darknet_bytes(model: nn.Module) -> int:
@@ -711,10 +726,19 @@ def format_report(report: Mapping[str, Any]) -> str:
         "",
         f"Sparse file: {_num(files.get('pruned.sparse'))} bytes. "
         f"Pruned targets' sparsity: {_pct(report['target_sparsity'])}%. "
-        f"Input {report['size'][1]}x{report['size'][0]}, {report['pruned'].get('images')} "
-        f"validation images, {report['pruned'].get('device')}. "
-        f"Whole run: {report['minutes']:.1f} min.",
+        f"Input {report['size'][1]}x{report['size'][0]}"
+        + (
+            f", {report['pruned']['images']} validation images, {report['pruned'].get('device')}"
+            if report["pruned"].get("images")
+            else ""
+        )
+        + f". Whole run: {report['minutes']:.1f} min.",
     ]
+    if report.get("measured") is False:
+        lines += ["", "**Accuracy was not measured**: no --data/--val was given, so this run "
+                  "pruned from the weights alone (no fine-tuning, no refit, no INT8 file). "
+                  "Measure it before you ship it: yolo-prune eval --weights pruned.sparse "
+                  "--data FOLDER."]  # fmt: skip
     if report.get("refit_at") == "the cut, before fine-tuning":
         lines += ["", f"The structured cut was refitted to the dense model by least squares on "
                   f"{report['refit_images']} training images before fine-tuning."]  # fmt: skip

@@ -106,6 +106,10 @@ class ADMMConfig:
         """Training epochs the method spends in all (its budget)."""
         return self.epochs + self.retrain_epochs
 
+    def needs_data(self) -> bool:
+        """Whether it cannot run without training data (it trains, or measures on data)."""
+        return True  # the ADMM phase trains
+
     def __post_init__(self) -> None:
         check_ratio(self.ratio)
         get_projection(self.projection, norm=self.norm)

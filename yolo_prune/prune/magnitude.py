@@ -69,6 +69,10 @@ class MagnitudeConfig:
         """Training epochs the method spends in all (its budget)."""
         return self.epochs
 
+    def needs_data(self) -> bool:
+        """Whether it cannot run without training data (it trains, or measures on data)."""
+        return self.epochs > 0
+
     def __post_init__(self) -> None:
         check_ratio(self.ratio)
         get_projection(self.projection, norm=self.norm)
@@ -101,6 +105,10 @@ class ChannelConfig(GroupProjectionMixin, MagnitudeConfig):
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
     epochs: int = 0  # masked fine-tuning epochs (0: one-shot, no training)
     per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware)
+
+    def needs_data(self) -> bool:
+        """Whether it cannot run without training data (it trains, or measures on data)."""
+        return self.epochs > 0 or self.criterion == "fisher"  # Fisher is measured on images
 
     def __post_init__(self) -> None:
         check_group_method("channel", "magnitude", projection=self.projection, norm=self.norm,
@@ -181,6 +189,10 @@ class DeepCompressionConfig:
     def epochs_spent(self) -> int:
         """Training epochs the method spends in all (its budget)."""
         return self.rounds * self.epochs_per_round
+
+    def needs_data(self) -> bool:
+        """Whether it cannot run without training data (it trains, or measures on data)."""
+        return True  # its threshold is steered by validation accuracy
 
     def __post_init__(self) -> None:
         if not self.quality > 0:

@@ -64,6 +64,10 @@ class SoftFilterConfig:
         """Training epochs the method spends in all (its budget)."""
         return self.epochs + self.retrain_epochs
 
+    def needs_data(self) -> bool:
+        """Whether it cannot run without training data (it trains, or measures on data)."""
+        return True  # the soft-pruning epochs train
+
     def __post_init__(self) -> None:
         check_ratio(self.ratio)
         check_epochs(self.epochs, "soft-filter.epochs", minimum=1)

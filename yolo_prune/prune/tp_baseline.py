@@ -94,6 +94,10 @@ class TorchPruningConfig:
         """Training epochs the method spends in all (its budget)."""
         return self.epochs
 
+    def needs_data(self) -> bool:
+        """Whether it cannot run without training data (it trains, or measures on data)."""
+        return self.epochs > 0 or self.importance == "taylor"  # Taylor needs gradients
+
     def __post_init__(self) -> None:
         check_ratio(self.ratio, "torch-pruning.ratio")
         if self.importance not in IMPORTANCES:
