@@ -23,6 +23,7 @@ from yolo_prune.prune.projections import (
     project_layerwise,
     project_shapes,
 )
+from yolo_prune.prune.pruner import Callbacks, Pruner
 from yolo_prune.prune.registry import (
     METHODS,
     build_config,
@@ -37,12 +38,14 @@ __all__ = [
     "ADMMConfig",
     "ADMMHook",
     "ADMMPruner",
+    "Callbacks",
     "ConservativePolicy",
     "DeepCompressionConfig",
     "DeepCompressionPruner",
     "METHODS",
     "MagnitudeConfig",
     "MagnitudePruner",
+    "Pruner",
     "MaskHook",
     "PROJECTIONS",
     "PruneResult",

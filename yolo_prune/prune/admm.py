@@ -53,8 +53,6 @@ from torch import nn
 from yolo_prune.engine.hooks import Hook, TrainState
 from yolo_prune.errors import PruneError
 from yolo_prune.prune.base import (
-    EvalFn,
-    FitFn,
     PruneResult,
     check_epochs,
     check_state_names,
@@ -62,9 +60,9 @@ from yolo_prune.prune.base import (
     target_weights,
 )
 from yolo_prune.prune.importance import ImportanceFn
-from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection
+from yolo_prune.prune.pruner import Callbacks, Pruner
 from yolo_prune.prune.structured import (
     GroupProjectionMixin,
     build_projection,
@@ -455,11 +453,8 @@ class ADMMHook(Hook):
         )
 
 
-class ADMMPruner:
+class ADMMPruner(Pruner):
     """Run ADMM, hard-prune to ``project(W)`` at the final ratio, retrain with the masks held."""
-
-    def __init__(self, config: ADMMConfig):
-        self.config = config
 
     def _setup(
         self, model: nn.Module, importance: ImportanceFn | None
@@ -500,29 +495,18 @@ class ADMMPruner:
         _, caps, variables, project = self._setup(model, importance)
         return self._cut(model, project, variables, ratio, caps)
 
-    def run(
-        self,
-        model: nn.Module,
-        *,
-        fit: FitFn,
-        evaluate: EvalFn | None = None,
-        importance: ImportanceFn | None = None,
-    ) -> PruneResult:
-        """Prune ``model`` in place; ``fit``/``evaluate`` as in :mod:`yolo_prune.prune.base`."""
+    def prune(self, model: nn.Module, calls: Callbacks) -> PruneResult:
+        """Prune ``model`` in place; the callbacks as in :mod:`yolo_prune.prune.base`."""
         cfg = self.config
-        names, caps, variables, project = self._setup(model, importance)
+        names, caps, variables, project = self._setup(model, calls.importance)
         hook = ADMMHook(list(variables.values()), cfg, caps=caps, project=project)
         # Check the request (ratio vs. caps, empty layers) before spending any epoch on it.
         hook.init_(target_weights(model, hook.names))
-        fit("admm", cfg.epochs, [hook])
+        calls.fit("admm", cfg.epochs, [hook])
         masks = self._cut(model, hook.project, variables, cfg.ratio, caps)
-        apply_masks_(model, masks)
+        calls.apply_and_finetune(model, masks, "retrain", cfg.retrain_epochs)
         history = [dict(h, phase="admm") for h in hook.history]
-        if cfg.retrain_epochs:
-            fit("retrain", cfg.retrain_epochs, [MaskHook(masks)])
-        info = {"targets": names, "caps": caps}
-        if evaluate is not None:
-            info["accuracy"] = evaluate()
+        info = {"targets": names, "caps": caps, **calls.accuracy()}
         return PruneResult(masks=masks, history=history, info=info)
 
 

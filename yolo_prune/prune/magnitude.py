@@ -29,17 +29,16 @@ from torch import nn
 
 from yolo_prune.errors import PruneError
 from yolo_prune.prune.base import (
-    EvalFn,
-    FitFn,
     PruneResult,
     check_epochs,
     prepare_targets,
     target_weights,
 )
 from yolo_prune.prune.importance import ImportanceFn
-from yolo_prune.prune.masks import MaskHook, apply_masks_
+from yolo_prune.prune.masks import apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection, sparsity
+from yolo_prune.prune.pruner import Callbacks, Pruner
 from yolo_prune.prune.structured import (
     GroupProjectionMixin,
     build_projection,
@@ -122,11 +121,8 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i >= parts - extra else 0) for i in range(parts)]
 
 
-class MagnitudePruner:
+class MagnitudePruner(Pruner):
     """``mask = project(W)``, then masked fine-tuning; repeated ``iterations`` times."""
-
-    def __init__(self, config: MagnitudeConfig):
-        self.config = config
 
     def plan(
         self, model: nn.Module, ratio: float, *, importance: ImportanceFn | None = None
@@ -138,18 +134,11 @@ class MagnitudePruner:
         with torch.no_grad():
             return project(target_weights(model, names), ratio, caps=caps)
 
-    def run(
-        self,
-        model: nn.Module,
-        *,
-        fit: FitFn,
-        evaluate: EvalFn | None = None,
-        importance: ImportanceFn | None = None,
-    ) -> PruneResult:
+    def prune(self, model: nn.Module, calls: Callbacks) -> PruneResult:
         cfg = self.config
         names, caps = prepare_targets(model, cfg.targets, cfg.policy)
         # "group" is bound to the model's channel groups: whole groups go, ready for surgery
-        project = cfg.build_projection(model, names, importance)
+        project = cfg.build_projection(model, names, calls.importance)
         history = []
         masks: dict[str, torch.Tensor] = {}
         for i, epochs in enumerate(_split(cfg.epochs, cfg.iterations), start=1):
@@ -159,12 +148,9 @@ class MagnitudePruner:
             # Pruned weights are exactly zero, so they are the smallest and are cut again; the
             # `&` only guards against a structured projection choosing other groups.
             masks = {n: new[n] & masks[n] for n in names} if masks else new
-            apply_masks_(model, masks)
-            if epochs:
-                fit(f"finetune-{i}", epochs, [MaskHook(masks)])
+            calls.apply_and_finetune(model, masks, f"finetune-{i}", epochs)
             row = {"phase": f"iteration-{i}", "ratio": ratio, "sparsity": sparsity(masks)}
-            if evaluate is not None:
-                row["accuracy"] = evaluate()
+            row.update(calls.accuracy())
             history.append(row)
             logger.info("magnitude iteration %d: %s", i, row)
         return PruneResult(masks=masks, history=history, info={"targets": names, "caps": caps})
@@ -231,21 +217,12 @@ def threshold_masks(
     return masks
 
 
-class DeepCompressionPruner:
+class DeepCompressionPruner(Pruner):
     """Han et al.'s std-scaled threshold, with the quality adjusted to hold the accuracy."""
 
-    def __init__(self, config: DeepCompressionConfig):
-        self.config = config
-
-    def run(
-        self,
-        model: nn.Module,
-        *,
-        fit: FitFn,
-        evaluate: EvalFn | None = None,
-        importance: ImportanceFn | None = None,
-    ) -> PruneResult:
+    def prune(self, model: nn.Module, calls: Callbacks) -> PruneResult:
         cfg = self.config
+        evaluate = calls.evaluate
         if evaluate is None:
             raise PruneError(
                 "deep-compression needs an evaluate() callback: it steers the threshold by "
@@ -262,9 +239,7 @@ class DeepCompressionPruner:
         for r in range(1, cfg.rounds + 1):
             saved = copy.deepcopy(model.state_dict())
             trial = threshold_masks(weights, {n: quality * stds[n] for n in names}, previous=masks)
-            apply_masks_(model, trial)
-            if cfg.epochs_per_round:
-                fit(f"round-{r}", cfg.epochs_per_round, [MaskHook(trial)])
+            calls.apply_and_finetune(model, trial, f"round-{r}", cfg.epochs_per_round)
             acc = evaluate()
             kept = acc >= reference - cfg.tolerance
             row = {

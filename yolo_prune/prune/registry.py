@@ -1,7 +1,8 @@
 """Pruning methods by name: ``build_pruner("admm", {...})``.
 
-A method is a config dataclass (frozen, validated on construction) and a pruner class with
-``run(model, *, fit, evaluate=None) -> PruneResult`` (see :mod:`yolo_prune.prune.base`).
+A method is a config dataclass (frozen, validated on construction) and a
+:class:`~yolo_prune.prune.pruner.Pruner` subclass (``run(model, *, fit, evaluate=None,
+importance=None) -> PruneResult``, see :mod:`yolo_prune.prune.base`).
 New methods register with :func:`register_method`.
 """
 
@@ -9,14 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
-
-from torch import nn
+from typing import Any
 
 from yolo_prune.errors import ConfigError, PruneError
 from yolo_prune.prune.admm import ADMMConfig, ADMMFilterConfig, ADMMPruner, LayerwiseADMMConfig
-from yolo_prune.prune.base import EvalFn, FitFn, PruneResult
-from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.magnitude import (
     ChannelConfig,
     DeepCompressionConfig,
@@ -25,20 +22,10 @@ from yolo_prune.prune.magnitude import (
     MagnitudePruner,
 )
 from yolo_prune.prune.policy import ConservativePolicy
+from yolo_prune.prune.pruner import Pruner
 from yolo_prune.prune.soft_filter import SoftFilterConfig, SoftFilterPruner
 from yolo_prune.prune.targets import TargetConfig
 from yolo_prune.prune.tp_baseline import TorchPruningConfig, TorchPruningPruner
-
-
-class Pruner(Protocol):
-    def run(
-        self,
-        model: nn.Module,
-        *,
-        fit: FitFn,
-        evaluate: EvalFn | None = None,
-        importance: ImportanceFn | None = None,
-    ) -> PruneResult: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,18 +28,16 @@ from torch import nn
 from yolo_prune.engine.hooks import Hook, TrainState
 from yolo_prune.errors import PruneError
 from yolo_prune.prune.base import (
-    EvalFn,
-    FitFn,
     PruneResult,
     check_epochs,
     check_state_names,
     prepare_targets,
     target_weights,
 )
-from yolo_prune.prune.importance import ImportanceFn
-from yolo_prune.prune.masks import MaskHook, apply_masks_
+from yolo_prune.prune.masks import apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import check_ratio, project_filters, sparsity
+from yolo_prune.prune.pruner import Callbacks, Pruner
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -161,32 +159,18 @@ class SoftFilterHook(Hook):
         logger.info("soft-filter epoch %d: %s", state.epoch, row)
 
 
-class SoftFilterPruner:
+class SoftFilterPruner(Pruner):
     """Soft epochs with :class:`SoftFilterHook`, final filter masks, optional masked retrain."""
 
-    def __init__(self, config: SoftFilterConfig):
-        self.config = config
-
-    def run(
-        self,
-        model: nn.Module,
-        *,
-        fit: FitFn,
-        evaluate: EvalFn | None = None,
-        importance: ImportanceFn | None = None,
-    ) -> PruneResult:
+    def prune(self, model: nn.Module, calls: Callbacks) -> PruneResult:
         cfg = self.config
         names, caps = prepare_targets(model, cfg.targets, cfg.policy)
         hook = SoftFilterHook(names, cfg, caps=caps)
         # Fail on impossible requests (a layer emptied) before training.
         project_filters(target_weights(model, names), cfg.ratio, caps=caps, norm=cfg.norm)
-        fit("soft-filter", cfg.epochs, [hook])
+        calls.fit("soft-filter", cfg.epochs, [hook])
         masks = project_filters(target_weights(model, names), cfg.ratio, caps=caps, norm=cfg.norm)
-        apply_masks_(model, masks)
-        if cfg.retrain_epochs:
-            fit("retrain", cfg.retrain_epochs, [MaskHook(masks)])
+        calls.apply_and_finetune(model, masks, "retrain", cfg.retrain_epochs)
         history = [dict(h, phase="soft-filter") for h in hook.history]
-        info = {"targets": names, "caps": caps}
-        if evaluate is not None:
-            info["accuracy"] = evaluate()
+        info = {"targets": names, "caps": caps, **calls.accuracy()}
         return PruneResult(masks=masks, history=history, info=info)

@@ -65,10 +65,10 @@ import torch
 from torch import nn
 
 from yolo_prune.errors import PruneError
-from yolo_prune.prune.base import EvalFn, FitFn, PruneResult, check_epochs, prepare_targets
+from yolo_prune.prune.base import PruneResult, check_epochs, prepare_targets
 from yolo_prune.prune.importance import ImportanceFn
-from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.prune.projections import Group, check_ratio, sparsity
+from yolo_prune.prune.pruner import Callbacks, Pruner
 from yolo_prune.prune.structured import model_channel_groups
 from yolo_prune.prune.targets import TargetConfig, candidate_names
 
@@ -356,11 +356,8 @@ def torch_pruning_masks(
     return best.masks, info
 
 
-class TorchPruningPruner:
+class TorchPruningPruner(Pruner):
     """Masks from Torch-Pruning's choice, then masked fine-tuning (as ``channel``)."""
-
-    def __init__(self, config: TorchPruningConfig):
-        self.config = config
 
     def plan(
         self, model: nn.Module, ratio: float, *, importance: ImportanceFn | None = None
@@ -372,25 +369,15 @@ class TorchPruningPruner:
         )
         return masks
 
-    def run(
-        self,
-        model: nn.Module,
-        *,
-        fit: FitFn,
-        evaluate: EvalFn | None = None,
-        importance: ImportanceFn | None = None,
-    ) -> PruneResult:
+    def prune(self, model: nn.Module, calls: Callbacks) -> PruneResult:
         cfg = self.config
         names, _ = prepare_targets(model, cfg.targets, None)
         masks, info = torch_pruning_masks(
-            model, names, cfg.ratio, importance=cfg.importance, gradients=importance
+            model, names, cfg.ratio, importance=cfg.importance, gradients=calls.importance
         )
         masks = {n: m.to(model.get_parameter(n).device) for n, m in masks.items()}
-        apply_masks_(model, masks)
-        if cfg.epochs:
-            fit("finetune-1", cfg.epochs, [MaskHook(masks)])
+        calls.apply_and_finetune(model, masks, "finetune-1", cfg.epochs)
         # in the history, which the job's report keeps: the benchmark reads the figures there
         row = {"phase": "torch-pruning", "ratio": cfg.ratio, "sparsity": sparsity(masks), **info}
-        if evaluate is not None:
-            row["accuracy"] = evaluate()
+        row.update(calls.accuracy())
         return PruneResult(masks=masks, history=[row], info={"targets": names, **info})
