@@ -9,34 +9,51 @@ percentile confidence interval and the fraction of resamples in which ``a`` beat
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from yolo_prune.eval.coco_map import coco_map
+from yolo_prune.eval.coco_map import STAT_NAMES, coco_map
 
 
-def _resampled(gt: Any, draw: Sequence[int], runs: Sequence[Sequence[dict[str, Any]]]):
-    """A COCO ground truth of the drawn images (each draw a new id) and the runs remapped."""
-    from pycocotools.coco import COCO
+def _evaluated(gt: Any, results: Sequence[dict[str, Any]], ids: Sequence[int]) -> Any:
+    """COCOeval of ``results`` on ``ids`` after ``evaluate()`` (per image, category and area
+    range: the matching, which does not depend on the other images); None without results."""
+    from pycocotools.cocoeval import COCOeval
 
-    images, anns, remapped = [], [], [[] for _ in runs]
-    by_image = [
-        {img: [r for r in run if r["image_id"] == img] for img in set(draw)} for run in runs
-    ]
-    for new_id, img in enumerate(draw, start=1):
-        images.append({**gt.imgs[img], "id": new_id})
-        for ann in gt.imgToAnns.get(img, []):
-            anns.append({**ann, "id": len(anns) + 1, "image_id": new_id})
-        for out, index in zip(remapped, by_image, strict=True):
-            out.extend({**r, "image_id": new_id} for r in index[img])
-    sample = COCO()
-    sample.dataset = {"images": images, "annotations": anns, "categories": gt.dataset["categories"]}
+    if not results:
+        return None
     with contextlib.redirect_stdout(io.StringIO()):
-        sample.createIndex()
-    return sample, remapped
+        ev = COCOeval(gt, gt.loadRes(list(results)), iouType="bbox")
+        ev.params.imgIds = list(ids)
+        ev.evaluate()
+    return ev
+
+
+def _stat_of_draw(ev: Any, positions: Sequence[int], stat: str) -> float:
+    """``stat`` over the images at ``positions`` of the evaluated ids (repeats count again):
+    COCOeval's own accumulate/summarize over the per-image evaluations laid out for the draw,
+    so no image is matched twice."""
+    if ev is None:
+        return 0.0
+    pe = ev._paramsEval
+    n_img, n_area = len(pe.imgIds), len(pe.areaRng)
+    drawn = copy.copy(ev)
+    drawn.evalImgs = [
+        ev.evalImgs[k * n_area * n_img + a * n_img + i]
+        for k in range(len(pe.catIds)) for a in range(n_area) for i in positions
+    ]  # fmt: skip
+    params = copy.copy(pe)
+    params.imgIds = list(range(len(positions)))
+    drawn.params, drawn._paramsEval = params, params
+    with contextlib.redirect_stdout(io.StringIO()):
+        drawn.accumulate()
+        drawn.summarize()
+    value = float(drawn.stats[STAT_NAMES.index(stat)])
+    return value if value >= 0 else 0.0
 
 
 def paired_bootstrap(
@@ -52,6 +69,11 @@ def paired_bootstrap(
 ) -> dict[str, Any]:
     """``stat`` of ``a`` minus ``b`` on ``image_ids``, with a bootstrap interval.
 
+    Each image is matched once (COCOeval's ``evaluate``); a resample only re-accumulates the
+    per-image evaluations of the images it drew, as many times as it drew them, which gives
+    exactly the figure of a ground truth built from the drawn images (tested) at a fraction of
+    the cost (about 0.1 s instead of about 0.6 s per resample on 64 COCO images).
+
     Args:
         gt: pycocotools ``COCO`` ground truth.
         results_a, results_b: COCO result dicts of the two detectors on those images.
@@ -66,17 +88,15 @@ def paired_bootstrap(
         observed difference (all images once), ``low``/``high`` the percentile interval of the
         resampled differences, ``p_a_ge_b`` the fraction of resamples with ``a >= b``.
     """
-    ids = list(image_ids)
+    ids = sorted(set(image_ids))
     a = coco_map(gt, results_a, image_ids=ids)[stat] or 0.0
     b = coco_map(gt, results_b, image_ids=ids)[stat] or 0.0
+    ev_a, ev_b = _evaluated(gt, results_a, ids), _evaluated(gt, results_b, ids)
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(samples):
-        draw = [ids[i] for i in rng.integers(0, len(ids), len(ids))]
-        sample, (ra, rb) = _resampled(gt, draw, [results_a, results_b])
-        sa = coco_map(sample, ra)[stat] or 0.0
-        sb = coco_map(sample, rb)[stat] or 0.0
-        diffs.append(sa - sb)
+        positions = rng.integers(0, len(ids), len(ids)).tolist()
+        diffs.append(_stat_of_draw(ev_a, positions, stat) - _stat_of_draw(ev_b, positions, stat))
     d = np.asarray(diffs)
     tail = (1.0 - level) / 2
     return {
