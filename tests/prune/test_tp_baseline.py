@@ -197,6 +197,29 @@ def test_taylor_ranks_with_the_gradients_of_the_importance_callback(detector, tp
         pruner.run(detector.model(), fit=None)
 
 
+def test_taylor_measures_its_gradients_once_for_a_search_over_ratios(detector, tp):
+    # A FLOPs search plans many ratios with a memoised importance callback that makes no
+    # backward pass after its first call: the first plan's gradients must serve the rest.
+    model = detector.model()
+    calls = []
+
+    def once(net, names):
+        calls.append(1)
+        return _two_backward_passes(detector)(net, names) if len(calls) == 1 else {}
+
+    pruner = build_pruner("torch-pruning", {"ratio": 0.4, "importance": "taylor"})
+    searched = [pruner.plan(model, r, importance=once) for r in (0.2, 0.4, 0.3)]
+    fresh = build_pruner("torch-pruning", {"ratio": 0.4, "importance": "taylor"})
+    expected = fresh.plan(model, 0.4, importance=_two_backward_passes(detector))
+    assert _removed(searched[1]) == _removed(expected)
+    assert _removed(searched[0]) != _removed(searched[1])
+    assert pruner.run(model, fit=None, importance=once).masks.keys() == expected.keys()
+    with torch.no_grad():  # other weights: measured again, the callback asked again
+        model.get_parameter("layers.0.conv.weight").mul_(0.5)
+    with pytest.raises(PruneError, match="made no backward pass"):
+        pruner.plan(model, 0.4, importance=once)
+
+
 def test_missing_package_is_one_line_naming_the_extra(detector, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # `import torch_pruning` fails
     pruner = build_pruner("torch-pruning", {"ratio": 0.3})  # registered without the package

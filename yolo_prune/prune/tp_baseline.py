@@ -137,9 +137,12 @@ class _Choice:
     emptied: str | None  # a target with no filter left, if any
 
 
-def loss_gradients_(model: nn.Module, names: Sequence[str], importance: ImportanceFn) -> None:
+def loss_gradients_(
+    model: nn.Module, names: Sequence[str], importance: ImportanceFn
+) -> dict[str, torch.Tensor]:
     """Leave in every parameter's ``.grad`` the sum of its gradients over the backward passes
-    that ``importance(model, names)`` makes (the callback's scores are not used).
+    that ``importance(model, names)`` makes (the callback's scores are not used); returns
+    them by parameter name.
 
     Raises:
         PruneError: the callback made no backward pass that reached the weights.
@@ -172,6 +175,7 @@ def loss_gradients_(model: nn.Module, names: Sequence[str], importance: Importan
         )
     for n, p in params:
         p.grad = sums.get(n, torch.zeros_like(p))
+    return {n: p.grad for n, p in params}
 
 
 class _Selector:
@@ -186,6 +190,7 @@ class _Selector:
         *,
         importance: str,
         gradients: ImportanceFn | None,
+        saved: dict[str, torch.Tensor] | None = None,
     ):
         input_shape = getattr(model, "input_shape", None)
         if input_shape is None:
@@ -202,7 +207,13 @@ class _Selector:
                     "through `yolo-prune prune` (which uses the recipe's data) or use "
                     "importance 'magnitude'"
                 )
-            loss_gradients_(self.net, names, gradients)
+            if saved:  # measured by an earlier call on the same weights
+                for n, p in self.net.named_parameters():
+                    p.grad = saved[n].clone() if n in saved else None
+            else:
+                grads = loss_gradients_(self.net, names, gradients)
+                if saved is not None:
+                    saved.update({n: g.clone() for n, g in grads.items()})
         self.net.eval()  # no running statistics move in the trace (which sets eval mode anyway)
         device = next(self.net.parameters()).device
         self.example = torch.randn(1, *input_shape, device=device)
@@ -282,6 +293,7 @@ def torch_pruning_masks(
     *,
     importance: str = "magnitude",
     gradients: ImportanceFn | None = None,
+    saved_gradients: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Keep-masks of the targets ``names`` as Torch-Pruning chooses them (module docstring).
 
@@ -293,6 +305,9 @@ def torch_pruning_masks(
         importance: "magnitude" or "taylor".
         gradients: for "taylor", an importance callback whose backward passes give the loss
             gradients (e.g. :func:`~yolo_prune.detect.calibrate.fisher_importance`).
+        saved_gradients: for "taylor", a dict that keeps the measured gradients for the next
+            call on the same weights (filled by the first call, used by the later ones: a
+            search over ratios measures them once).
 
     Returns:
         ``name -> bool`` masks shaped like the weights, False on removed filters (whole groups
@@ -311,7 +326,8 @@ def torch_pruning_masks(
     tp = import_torch_pruning()
     started = time.perf_counter()
     groups = model_channel_groups(model, names)
-    selector = _Selector(tp, model, names, groups, importance=importance, gradients=gradients)
+    selector = _Selector(tp, model, names, groups, importance=importance, gradients=gradients,
+                         saved=saved_gradients)  # fmt: skip
     total = sum(len(g) for g in groups)
     target = round(ratio * total)
     tried = {0: selector.choose(0)}
@@ -365,16 +381,27 @@ class TorchPruningPruner(Pruner):
         """Torch-Pruning's choice at ``ratio`` as masks (nothing applied)."""
         names, _ = prepare_targets(model, self.config.targets, None)
         masks, _ = torch_pruning_masks(
-            model, names, ratio, importance=self.config.importance, gradients=importance
-        )
+            model, names, ratio, importance=self.config.importance, gradients=importance,
+            saved_gradients=self._gradients_of(model),
+        )  # fmt: skip
         return masks
+
+    def _gradients_of(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Taylor's measured gradients for these weights (empty until first measured): a
+        FLOPs search asks for many ratios of the same model."""
+        with torch.no_grad():
+            key = tuple(float(p.double().sum()) for p in model.parameters())
+        if getattr(self, "_saved_key", None) != key:
+            self._saved_key, self._saved = key, {}
+        return self._saved
 
     def prune(self, model: nn.Module, calls: Callbacks) -> PruneResult:
         cfg = self.config
         names, _ = prepare_targets(model, cfg.targets, None)
         masks, info = torch_pruning_masks(
-            model, names, cfg.ratio, importance=cfg.importance, gradients=calls.importance
-        )
+            model, names, cfg.ratio, importance=cfg.importance, gradients=calls.importance,
+            saved_gradients=self._gradients_of(model),
+        )  # fmt: skip
         masks = {n: m.to(model.get_parameter(n).device) for n, m in masks.items()}
         calls.apply_and_finetune(model, masks, "finetune-1", cfg.epochs)
         # in the history, which the job's report keeps: the benchmark reads the figures there
