@@ -25,13 +25,14 @@ def test_shipped_recipes_build_every_variant(repo_cfg):
             build_config(*variant_options({**recipe, "ratio": recipe.get("ratio") or 0.5}, variant))
 
 
-def test_classifier_recipes_spend_their_budget_in_every_variant(repo_cfg):
+def test_classifier_recipes_spend_their_budget_in_every_variant(repo_cfg, shared_data):
     from yolo_prune.jobs.prune import check_job
     from yolo_prune.jobs.tasks import ClassificationTask, TaskInputs
 
     for name in ("lenet5", "resnet56"):
         recipe = read_recipe(repo_cfg / "recipes" / f"{name}.yaml")
-        task = ClassificationTask(TaskInputs(cfg=repo_cfg / f"{name}.cfg", data=None, val=None))
+        inputs = TaskInputs(cfg=repo_cfg / f"{name}.cfg", data=shared_data / "mnist", val=None)
+        task = ClassificationTask(inputs)
         check_job(recipe, task, list(recipe["methods"]))  # budget_epochs and task settings
 
 

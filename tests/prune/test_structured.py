@@ -12,7 +12,7 @@ import torchvision
 from yolo_prune.darknet import Darknet
 from yolo_prune.darknet.surgery import fold_pruned_, shrink
 from yolo_prune.engine import Trainer
-from yolo_prune.errors import PruneError
+from yolo_prune.errors import ConfigError, PruneError
 from yolo_prune.prune.projections import get_projection
 from yolo_prune.prune.registry import build_config, build_pruner
 from yolo_prune.prune.structured import (
@@ -243,8 +243,12 @@ def test_unresolvable_channel_groups_name_the_layers():
 
 
 def test_bad_admm_filter_options_are_refused():
-    with pytest.raises(PruneError, match=r"admm-filter projects channel groups; projection="):
-        build_config("admm-filter", {"ratio": 0.5, "projection": "global"})
+    # what Z keeps is the method's own: admm-filter has no projection or norm to set (or forbid)
+    for option in ("projection", "norm"):
+        with pytest.raises(ConfigError, match=rf"admm-filter: unknown option '{option}'"):
+            build_config("admm-filter", {"ratio": 0.5, option: "global"})
+        with pytest.raises(ConfigError, match=rf"channel: unknown option '{option}'"):
+            build_config("channel", {"ratio": 0.5, option: "l1"})
     with pytest.raises(PruneError, match=r"unknown criterion 'l3'"):
         build_config("admm-filter", {"ratio": 0.5, "criterion": "l3"})
     with pytest.raises(PruneError, match=r"round_to=0"):

@@ -63,11 +63,7 @@ from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection
 from yolo_prune.prune.pruner import Callbacks, Pruner
-from yolo_prune.prune.structured import (
-    GroupProjectionMixin,
-    build_projection,
-    check_group_method,
-)
+from yolo_prune.prune.structured import build_projection, check_group_options, group_projection
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -79,12 +75,12 @@ ADAPTIVE_UPDATE_EVERY = 4  # Z-steps every this many optimizer steps when rho ad
 
 
 @dataclass(frozen=True)
-class ADMMConfig:
-    """ADMM pruning: ADMM epochs (with rho/ratio stages), hard prune, masked retraining."""
+class ADMMSchedule:
+    """What every ADMM method shares: ADMM epochs (with rho/ratio stages), a hard prune, masked
+    retraining. A method adds what Z keeps (:meth:`build_projection`): :class:`ADMMConfig`
+    projects weights, :class:`ADMMFilterConfig` whole channel groups."""
 
     ratio: float  # final fraction of the targets' weights (or groups) to remove, in [0, 1)
-    projection: str = "global"  # global | layer | filter | channel | shape | group
-    norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
     epochs: int = 10  # ADMM epochs (W-, Z- and U-steps)
     stages: int = 3  # the ADMM epochs are split evenly into this many stages
     rho: float | None = None  # penalty weight in the first stage; None: adaptive (module doc)
@@ -110,7 +106,6 @@ class ADMMConfig:
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio)
-        get_projection(self.projection, norm=self.norm)
         check_epochs(self.epochs, "admm.epochs", minimum=1)
         check_epochs(self.stages, "admm.stages", minimum=1)
         if self.update_every is None:
@@ -143,8 +138,8 @@ class ADMMConfig:
         self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
     ) -> Projection:
         """The Z-step projection for ``model``'s targets ``names`` (``importance``: for a
-        data-driven channel criterion; the weight-magnitude projections do not use it)."""
-        return build_projection(model, names, self.projection, norm=self.norm)
+        data-driven channel criterion)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say what Z keeps")
 
     def stage_of(self, epoch: int) -> int:
         """Stage (0-based) of ADMM epoch ``epoch`` (0-based, counted from the ADMM start)."""
@@ -164,6 +159,24 @@ class ADMMConfig:
 
 
 @dataclass(frozen=True)
+class ADMMConfig(ADMMSchedule):
+    """ADMM over weights: Z keeps the weights a ``projection`` chooses (unstructured global by
+    default; per layer, filter, channel or shape, see :mod:`yolo_prune.prune.projections`)."""
+
+    projection: str = "global"  # global | layer | filter | channel | shape | group
+    norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
+
+    def __post_init__(self) -> None:
+        get_projection(self.projection, norm=self.norm)
+        super().__post_init__()
+
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
+        return build_projection(model, names, self.projection, norm=self.norm)
+
+
+@dataclass(frozen=True)
 class LayerwiseADMMConfig(ADMMConfig):
     """Layer-wise ADMM (Zhang et al. 2018): the same ``ratio`` removed from every layer."""
 
@@ -171,12 +184,11 @@ class LayerwiseADMMConfig(ADMMConfig):
 
 
 @dataclass(frozen=True)
-class ADMMFilterConfig(GroupProjectionMixin, ADMMConfig):
+class ADMMFilterConfig(ADMMSchedule):
     """Filter-wise ADMM over channel groups: Z keeps whole groups (tied filters) at one global
-    ratio of channels, so the pruned model can be shrunk physically (see
-    :mod:`yolo_prune.prune.structured`)."""
+    ratio of channels, ranked by ``criterion``, so the pruned model can be shrunk physically
+    (see :mod:`yolo_prune.prune.structured`)."""
 
-    projection: str = "group"  # must stay "group"
     criterion: str = "fisher"  # fisher (loss rise on data), l1 | l2 norm of W + U, bn (scale)
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
     per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware;
@@ -188,13 +200,18 @@ class ADMMFilterConfig(GroupProjectionMixin, ADMMConfig):
     # filter where a layer has no batch norm); weight: the filters themselves
 
     def __post_init__(self) -> None:
-        check_group_method("admm-filter", "admm", projection=self.projection, norm=self.norm,
-                           criterion=self.criterion, round_to=self.round_to)  # fmt: skip
+        check_group_options(criterion=self.criterion, round_to=self.round_to)
         if self.penalize not in PENALIZE:
             raise PruneError(
                 f"admm-filter penalize={self.penalize!r}; choose one of: {', '.join(PENALIZE)}"
             )
         super().__post_init__()
+
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
+        return group_projection(model, names, criterion=self.criterion, round_to=self.round_to,
+                                per_flop=self.per_flop, importance=importance)  # fmt: skip
 
     def admm_variables(self, model: nn.Module, names: Sequence[str]) -> dict[str, str]:
         """With ``penalize="scale"``, the batch-norm scale after each target filter bank.
@@ -226,7 +243,7 @@ class ADMMHook(Hook):
     def __init__(
         self,
         names: Sequence[str],
-        config: ADMMConfig,
+        config: ADMMSchedule,
         *,
         caps: Mapping[str, float] | None = None,
         project: Projection | None = None,

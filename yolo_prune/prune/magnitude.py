@@ -39,23 +39,19 @@ from yolo_prune.prune.masks import apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection, sparsity
 from yolo_prune.prune.pruner import Callbacks, Pruner
-from yolo_prune.prune.structured import (
-    GroupProjectionMixin,
-    build_projection,
-    check_group_method,
-)
+from yolo_prune.prune.structured import build_projection, check_group_options, group_projection
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class MagnitudeConfig:
-    """One-shot (``iterations=1``) or iterative magnitude pruning with masked fine-tuning."""
+class MagnitudeSchedule:
+    """What magnitude-style methods share: a cut at ``ratio`` (in ``iterations`` steps), each
+    followed by masked fine-tuning. A method adds what the cut keeps (:meth:`build_projection`):
+    :class:`MagnitudeConfig` weights, :class:`ChannelConfig` whole channel groups."""
 
     ratio: float  # final fraction of the targets' weights (or groups) to remove, in [0, 1)
-    projection: str = "global"  # global | layer | filter | channel | shape | group
-    norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
     iterations: int = 1  # prune/fine-tune rounds to reach `ratio` (1: one-shot)
     epochs: int = 5  # fine-tuning epochs in all, split evenly over the iterations
     targets: TargetConfig = field(default_factory=TargetConfig)  # which weights are pruned
@@ -74,7 +70,6 @@ class MagnitudeConfig:
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio)
-        get_projection(self.projection, norm=self.norm)
         check_epochs(self.iterations, "magnitude.iterations", minimum=1)
         check_epochs(self.epochs, "magnitude.epochs")
 
@@ -88,18 +83,35 @@ class MagnitudeConfig:
         self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
     ) -> Projection:
         """The projection choosing the masks (``importance``: only for a data criterion)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say what the cut keeps")
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig(MagnitudeSchedule):
+    """One-shot (``iterations=1``) or iterative magnitude pruning with masked fine-tuning; the
+    ``projection`` chooses the weights (unstructured global by default)."""
+
+    projection: str = "global"  # global | layer | filter | channel | shape | group
+    norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
+
+    def __post_init__(self) -> None:
+        get_projection(self.projection, norm=self.norm)
+        super().__post_init__()
+
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
         return build_projection(model, names, self.projection, norm=self.norm)
 
 
 @dataclass(frozen=True)
-class ChannelConfig(GroupProjectionMixin, MagnitudeConfig):
+class ChannelConfig(MagnitudeSchedule):
     """Channel pruning for a real speedup: remove whole channel groups (tied filters) at one
     global ratio of channels, ranked by ``criterion``; then ``epochs`` of masked fine-tuning
     (default none: one-shot). ``fisher`` measures on training batches how much the loss rises
     without each channel (:mod:`yolo_prune.prune.importance`); ``l1``/``l2``/``bn`` read the
     weights (see :mod:`yolo_prune.prune.structured`)."""
 
-    projection: str = "group"  # must stay "group"
     criterion: str = "fisher"  # fisher | l1 | l2 | bn
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
     epochs: int = 0  # masked fine-tuning epochs (0: one-shot, no training)
@@ -110,9 +122,14 @@ class ChannelConfig(GroupProjectionMixin, MagnitudeConfig):
         return self.epochs > 0 or self.criterion == "fisher"  # Fisher is measured on images
 
     def __post_init__(self) -> None:
-        check_group_method("channel", "magnitude", projection=self.projection, norm=self.norm,
-                           criterion=self.criterion, round_to=self.round_to)  # fmt: skip
+        check_group_options(criterion=self.criterion, round_to=self.round_to)
         super().__post_init__()
+
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
+        return group_projection(model, names, criterion=self.criterion, round_to=self.round_to,
+                                per_flop=self.per_flop, importance=importance)  # fmt: skip
 
 
 def _split(total: int, parts: int) -> list[int]:

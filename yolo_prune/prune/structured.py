@@ -101,40 +101,25 @@ def model_channel_groups(model: nn.Module, names: Sequence[str]) -> list[list[tu
     return [g for g in groups if g and all(name in wanted for name, _ in g)]
 
 
-class GroupProjectionMixin:
-    """For the config of a method that removes channel groups (``admm-filter``, ``channel``):
-    its projection is the ``group`` one, ranked by the config's ``criterion`` and rounded to
-    its ``round_to``."""
-
-    criterion: str
-    round_to: int
-
-    def build_projection(
-        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
-    ) -> Projection:
-        return build_projection(
-            model,
-            names,
-            "group",
-            criterion=self.criterion,
-            round_to=self.round_to,
-            importance=importance,
-            per_flop=getattr(self, "per_flop", False),
-        )
+def group_projection(
+    model: nn.Module,
+    names: Sequence[str],
+    *,
+    criterion: str,
+    round_to: int = 1,
+    per_flop: bool = False,
+    importance: ImportanceFn | None = None,
+) -> Projection:
+    """The ``group`` projection of the methods that remove channel groups (``admm-filter``,
+    ``channel``): bound to ``model``'s groups, ranked by ``criterion``, rounded to
+    ``round_to`` (see :func:`build_projection`)."""
+    return build_projection(model, names, "group", criterion=criterion, round_to=round_to,
+                            importance=importance, per_flop=per_flop)  # fmt: skip
 
 
-def check_group_method(
-    method: str, plain: str, *, projection: str, norm: str | None, criterion: str, round_to: int
-) -> None:
-    """The checks of a method that removes channel groups (``admm-filter``, ``channel``):
-    ``projection`` must stay "group" (``plain``, the method's unstructured sibling, takes the
-    others), a ``criterion`` replaces ``norm``, and ``round_to`` is a positive int."""
-    if projection != "group":
-        raise PruneError(
-            f"{method} projects channel groups; projection={projection!r} is for method {plain!r}"
-        )
-    if norm is not None:
-        raise PruneError(f"{method} takes criterion= ({', '.join(CRITERIA)}), not norm=")
+def check_group_options(*, criterion: str, round_to: int) -> None:
+    """The options of a method that removes channel groups: a known ``criterion`` and a
+    positive int ``round_to``."""
     if criterion not in CRITERIA:
         raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     check_round_to(round_to)
