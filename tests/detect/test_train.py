@@ -257,13 +257,18 @@ def test_a_bad_image_does_not_end_the_run(tiny_data, tmp_path, caplog):
 _DDP_RUN = """
 import sys
 from pathlib import Path
+import torch
 from yolo_prune.detect.train import TrainConfig, train_detector
+from yolo_prune.engine.distributed import distributed_session
 
 cfg, data, out, batch, accumulate = sys.argv[1:6]
 config = TrainConfig(cfg=Path(cfg), data=Path(data), out=Path(out), epochs=1, size=64,
     batch_size=int(batch), accumulate=int(accumulate), lr=1e-3, warmup_epochs=0.0,
     ema=False, deterministic=True, max_steps=2)
-train_detector(config)
+with distributed_session("cpu") as info:  # a library user sets the group up, once
+    model = train_detector(config)["model"]
+    # what each rank leaves training with, beside (not in) the output folder
+    torch.save(model.state_dict(), Path(out).parent / f"{Path(out).name}-rank{info.rank}.pt")
 """
 
 
@@ -301,6 +306,22 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tiny_da
     moved = max(float((a["model"][n] - start[n]).abs().max()) for n in names)
     assert moved > 1e-4
     assert max(float((a["model"][n] - b["model"][n]).abs().max()) for n in names) < moved / 100
+    # Every rank leaves with the same model, batch-norm statistics included (each rank's last
+    # forward updated its own from its own images; they are rank 0's again): so every rank
+    # evaluates, and decides on, the same model.
+    rank0, rank1 = (torch.load(tmp_path / f"two-rank{r}.pt") for r in (0, 1))
+    assert any("running_mean" in k for k in rank0)
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), k
+
+
+def test_torchrun_without_a_process_group_is_refused_before_any_work(
+    tiny_data, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="no process group is set up; wrap the whole run"):
+        train_detector(_config(tiny_data, tmp_path, epochs=1))
+    assert not list(tmp_path.iterdir())
 
 
 def test_val_figures_only_in_epochs_that_validated(tiny_data, tmp_path):

@@ -1,8 +1,18 @@
-"""The chunk sampler: reproducible epochs, exact shards, mid-epoch positioning."""
+"""The chunk sampler: reproducible epochs, exact shards, mid-epoch positioning; where a process
+stands, and the session that sets the process group up."""
 
 from __future__ import annotations
 
-from yolo_prune.engine.distributed import ChunkSampler, all_reduce_mean, init_distributed
+import pytest
+import torch.distributed as dist
+
+from yolo_prune.engine.distributed import (
+    ChunkSampler,
+    all_reduce_mean,
+    dist_info,
+    distributed_session,
+)
+from yolo_prune.errors import ConfigError
 
 
 def test_ranks_see_the_chunks_one_process_sees():
@@ -30,7 +40,20 @@ def test_epochs_differ_and_reproduce_and_skip():
     assert list(s) == e0[8:] and len(s) == 8
 
 
-def test_single_process_defaults():
-    info = init_distributed("cpu")
-    assert (info.rank, info.world_size, info.is_main) == (0, 1, True)
+def test_single_process_defaults(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info = dist_info("cpu")
+    assert (info.rank, info.world_size, info.is_main, info.device) == (0, 1, True, "cpu")
     assert all_reduce_mean({"a": 2.0}) == {"a": 2.0}
+    with distributed_session("cpu") as inside:  # one process: nothing to set up
+        assert inside == info
+        assert not dist.is_initialized()
+
+
+def test_several_processes_without_a_group_are_refused(monkeypatch):
+    # torchrun started several processes, but nobody set the group up: library code must not
+    # (it is process-wide state), and training on alone would silently train each rank apart.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^WORLD_SIZE=2 \(torchrun\) but no process group .*"
+                       "distributed_session"):  # fmt: skip
+        dist_info("cpu")

@@ -183,12 +183,18 @@ def test_cli_errors_are_one_line(tiny_dataset, tiny_weights, tiny_recipe, tmp_pa
         (["--set", "train.lrate=1"], "unknown option 'lrate'"),
         (["--set", "ratoi=0.5"], "unknown key 'ratoi'"),
         (["--data", str(tmp_path / "none")], "no such dataset folder"),
-        (["--cfg", str(TINY_CFG.parents[2] / "cfg" / "lenet5.cfg")],
-         "is not a classification dataset (MNIST or CIFAR-10), but lenet5.cfg is a classifier"),
-        (["--set", "phases={fine-tune: {lr: 0.1}}"],
-         "phases.fine-tune: no method runs a phase of that name; known phases:"),
-        (["--set", "budget_epochs=7"], "methods.admm spends 2 training epochs but the recipe's "
-         "budget_epochs is 7"),
+        (
+            ["--cfg", str(TINY_CFG.parents[2] / "cfg" / "lenet5.cfg")],
+            "is not a classification dataset (MNIST or CIFAR-10), but lenet5.cfg is a classifier",
+        ),
+        (
+            ["--set", "phases={fine-tune: {lr: 0.1}}"],
+            "phases.fine-tune: no method runs a phase of that name; known phases:",
+        ),
+        (
+            ["--set", "budget_epochs=7"],
+            "methods.admm spends 2 training epochs but the recipe's budget_epochs is 7",
+        ),
         (["--flops", "1.5"], "--flops 1.5; expected a fraction of the dense FLOPs in (0, 1)"),
         (["--flops", "0.5", "--ratio", "0.3"], "give --ratio or --flops, not both"),
     ]

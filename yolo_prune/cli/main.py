@@ -9,6 +9,7 @@ exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -21,11 +22,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # add lines of noise to the one-line error that names the file.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
+from yolo_prune.engine.distributed import distributed_session
 from yolo_prune.errors import YoloPruneError
 
 # Subcommand modules, in the order `--help` lists them. A module that is missing (a feature not
 # built yet) is simply not offered.
 SUBCOMMANDS = ("info", "detect", "eval", "train", "prune", "sweep", "export", "bench", "download")
+# Those that train, and so run data parallel under torchrun: the process joins the group once,
+# before the command, and leaves it after, however many training phases the command runs.
+DISTRIBUTED = frozenset({"train", "prune", "sweep"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    session = (
+        distributed_session(args.device)
+        if args.command in DISTRIBUTED
+        else contextlib.nullcontext()
+    )
     try:
-        return int(args.func(args) or 0)
+        with session:
+            return int(args.func(args) or 0)
     except YoloPruneError as exc:
         if args.debug:
             raise

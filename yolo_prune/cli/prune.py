@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from yolo_prune.engine.distributed import dist_info
 from yolo_prune.errors import ConfigError, require_file
 
 
@@ -179,13 +180,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --ratio or --flops, not both (--flops searches the ratio)")
     if args.flops is not None and not 0 < args.flops < 1:
         raise ConfigError(f"--flops {args.flops}; expected a fraction of the dense FLOPs in (0, 1)")
+    main = dist_info(args.device).is_main  # under torchrun, rank 0 alone prints
     config = PruneJobConfig(
         **inputs,
         out=args.out,
         recipe=recipe,
         method=method,
         device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress and main,
         latency=not args.no_latency,
         deploy=not args.no_deploy,
         calib_images=args.calib_images,
@@ -195,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     )
     check_job(recipe, config.task(), [method])
     report = run_prune(config)
-    print(format_report(report), end="")
-    print(f"outputs: {args.out}/ (report.md, report.json, pruned.weights, pruned.sparse, ...)")
+    if main:
+        print(format_report(report), end="")
+        print(f"outputs: {args.out}/ (report.md, report.json, pruned.weights, pruned.sparse, ...)")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from yolo_prune.cli.prune import add_common, job_inputs, recipe_from_args
+from yolo_prune.engine.distributed import dist_info
 from yolo_prune.errors import ConfigError
 
 
@@ -67,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
                                           method))  # fmt: skip
     if not args.ratios:
         raise ConfigError("--ratios is empty; give e.g. 0.5,0.7,0.9")
+    main = dist_info(args.device).is_main  # under torchrun, rank 0 alone prints
     job = PruneJobConfig(
         **inputs,
         out=args.out,
         recipe=recipe,
         method=methods[0],
         device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress and main,
         latency=not args.no_latency,
         deploy=not args.no_deploy,
         calib_images=args.calib_images,
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     summary = run_sweep(SweepConfig(job=job, ratios=args.ratios, methods=methods), on_point=show)
-    print(format_table(summary), end="")
-    print(f"outputs: {args.out}/sweep.json, sweep.md, sweep.png")
+    if main:
+        print(format_table(summary), end="")
+        print(f"outputs: {args.out}/sweep.json, sweep.md, sweep.png")
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from yolo_prune.data.augment import AugmentConfig
 from yolo_prune.detect.train import OPTIMIZERS, TrainConfig, train_detector
+from yolo_prune.engine.distributed import dist_info
 from yolo_prune.errors import ConfigError, require_file
 from yolo_prune.eval.detection import build_validator
 
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if config.val is not None:
         validate = build_validator(config.val, split=config.val_split, size=config.size)
     result = train_detector(config, validate=validate)
-    for row in result["history"]:
-        print(json.dumps(row))
-    print(f"final weights: {result['final_weights']}")
+    if dist_info(config.device).is_main:  # under torchrun, rank 0 alone prints
+        for row in result["history"]:
+            print(json.dumps(row))
+        print(f"final weights: {result['final_weights']}")
     return 0

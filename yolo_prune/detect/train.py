@@ -44,8 +44,8 @@ from yolo_prune.engine.distributed import (
     ChunkSampler,
     DistInfo,
     all_reduce_mean,
-    finish_distributed,
-    init_distributed,
+    broadcast_buffers_,
+    dist_info,
 )
 from yolo_prune.engine.ema import EMAHook, ModelEMA
 from yolo_prune.engine.hooks import Hook, TrainState
@@ -290,8 +290,13 @@ def train_detector(
         ``{"epochs", "steps", "history", "out", "final_weights", "model", "ema"}``: the final
         figures and the trained modules (``ema`` is ``None`` without EMA).
 
+    Under ``torchrun`` every process calls it inside
+    :func:`~yolo_prune.engine.distributed.distributed_session` (once per process, however many
+    calls it makes); it trains with DDP in the group it finds and leaves the group as it was.
+
     Raises:
-        ConfigError, DataError, WeightsError: bad options, data or checkpoint.
+        ConfigError, DataError, WeightsError: bad options, data or checkpoint; started by
+            torchrun in several processes with no process group set up.
     """
     if model is not None and config.weights is not None:
         raise ConfigError("give either a model or config.weights, not both")
@@ -307,7 +312,7 @@ def train_detector(
             f"the model is built for {built[0]}x{built[1]} but config.size is {config.size}; "
             "build it at that size or leave size unset"
         )
-    info = init_distributed(config.device)
+    info = dist_info(config.device)  # the entry point set the process group up (or none)
     _seed_everything(config.seed)
     net = build_model(config) if model is None else model
     net.to(info.device)
@@ -453,11 +458,14 @@ def train_detector(
         )
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+    # Every rank leaves with rank 0's batch-norm statistics, so that every rank evaluates (and
+    # decides on) the same model.
+    broadcast_buffers_(net)
+    if ema is not None:
+        broadcast_buffers_(eval_model)
     final = config.out / "final.weights"
     if info.is_main:
         eval_model.save_weights(final)
-    if info.world_size > 1:
-        finish_distributed()
     return {
         "epochs": config.epochs,
         "steps": state.step,

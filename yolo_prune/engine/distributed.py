@@ -1,8 +1,11 @@
 """Distributed data parallel as ``torchrun`` sets it up, and a sampler that shards exactly.
 
 Launch with ``torchrun --nproc_per_node=N`` (multi-node: ``--nnodes``, ``--node_rank`` and a
-``--rdzv_endpoint``, as torchrun documents); :func:`init_distributed` reads the environment it
-sets. Gloo on CPU, NCCL on GPU. Only rank 0 writes files; figures are averaged over ranks.
+``--rdzv_endpoint``, as torchrun documents). The entry point joins the process group once per
+process with :func:`distributed_session` (gloo on CPU, NCCL on GPU) and leaves it at the end;
+library code only reads its place with :func:`dist_info`. Only rank 0 writes files and prints;
+every rank takes the same decisions (the same weights, the same full evaluation data); figures
+are averaged over ranks.
 """
 
 from __future__ import annotations
@@ -10,13 +13,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Sampler
 
+from yolo_prune.errors import ConfigError
+
 logger = logging.getLogger(__name__)
+
+SESSION_TIMEOUT = timedelta(hours=2)  # a collective's wait for the other ranks (see below)
+ERROR_WAIT = timedelta(seconds=60)  # after an error: how long a rank waits for the others
 
 
 @dataclass(frozen=True)
@@ -33,37 +44,121 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str = "cpu") -> DistInfo:
-    """Join the process group ``torchrun`` describes in the environment, if any.
+def dist_info(device: str = "cpu") -> DistInfo:
+    """Where this process stands in the process group that :func:`distributed_session` set up.
+
+    Library code reads its place here and never sets the group up or tears it down: that is
+    process-wide state, and it belongs to the entry point (a group set up and destroyed per call
+    breaks the next call's rendezvous: gloo's ``connectFullMesh`` then fails).
 
     Args:
-        device: ``"cpu"`` (gloo) or ``"cuda"`` (NCCL, one GPU per local rank).
+        device: ``"cpu"``, or ``"cuda"`` (becomes this process's ``cuda:<local rank>``).
 
     Returns:
-        The process's place; a single process (no ``WORLD_SIZE``) gets rank 0 of 1.
+        The process's place; a single process (no ``WORLD_SIZE`` > 1) gets rank 0 of 1.
+
+    Raises:
+        ConfigError: ``torchrun`` started several processes (``WORLD_SIZE`` > 1) but no
+            process group was set up.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not (dist.is_available() and dist.is_initialized()):
+        if world > 1:
+            raise ConfigError(
+                f"WORLD_SIZE={world} (torchrun) but no process group is set up; wrap the whole "
+                "run, once per process, in `with yolo_prune.engine.distributed."
+                "distributed_session(device):` (the yolo-prune CLI does)"
+            )
         return DistInfo(0, 1, 0, device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(local)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda") and world > 1:
         device = f"cuda:{local}"
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    logger.info("rank %d of %d on %s", rank, world, device)
     return DistInfo(rank, world, local, device)
 
 
-def finish_distributed() -> None:
-    """Wait for every rank, then leave the process group (a no-op in a single process).
+@contextmanager
+def distributed_session(
+    device: str = "cpu", *, timeout: timedelta = SESSION_TIMEOUT
+) -> Iterator[DistInfo]:
+    """Join the process group ``torchrun`` describes for the body, and leave it together after.
 
-    Ranks that exit while another still talks to them can abort inside gloo (seen as SIGABRT of
-    one rank at the end of a run); leaving together avoids it.
+    Call it once per process, around everything the process does (detectron2's ``launch()``);
+    library calls inside read their place with :func:`dist_info`. Without ``WORLD_SIZE`` > 1
+    it does nothing, and a group that is already set up is used and left as it is (its owner
+    tears it down).
+
+    On the way out the ranks wait for each other and then destroy the group: a rank that exits
+    while another still talks to it can abort inside gloo (seen as SIGABRT of one rank at the
+    end of a run). After an error the wait is cut to ``ERROR_WAIT``: ranks that all raised the
+    same error meet at once, and a rank left waiting on a peer that never comes must not hang;
+    after Ctrl-C (which reaches the ranks in the middle of any collective) nobody waits.
+
+    Args:
+        device: ``"cpu"`` (gloo) or ``"cuda"`` (NCCL, one GPU per local rank).
+        timeout: how long a collective waits for the other ranks. Rank 0 alone does the
+            reporting (evaluating the pruned, shrunk and INT8 models, timing them, writing the
+            files) while the other ranks wait at the next collective, so it is hours, not the
+            30 (gloo) or 10 (NCCL) minutes of torch's default.
+
+    Yields:
+        This process's place (:func:`dist_info`).
     """
-    if dist.is_available() and dist.is_initialized():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or (dist.is_available() and dist.is_initialized()):
+        yield dist_info(device)
+        return
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", local))
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
+    info = dist_info(device)
+    logger.info("rank %d of %d on %s", info.rank, info.world_size, info.device)
+    try:
+        yield info
+    except Exception:  # not after Ctrl-C: it reaches the ranks anywhere, maybe in a collective
+        _leave(wait=ERROR_WAIT)
+        raise
+    _leave(wait=None)
+
+
+def _leave(*, wait: timedelta | None) -> None:
+    """Wait for every rank (at most ``wait``; None: the group's timeout), then destroy the
+    group; a rank that waited in vain leaves it to the process's exit."""
+    work = dist.barrier(async_op=True)
+    try:
+        if wait is None:
+            work.wait()
+        else:
+            work.wait(timeout=wait)
+    except RuntimeError as exc:  # the others did not come: do not touch the group again
+        logger.warning("the other ranks did not reach the end of the run: %s", exc)
+        return
+    dist.destroy_process_group()
+
+
+def synchronize() -> None:
+    """Wait until every rank gets here (a no-op in a single process): e.g. before reading
+    files that rank 0 writes, so that every rank sees the same ones."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
-        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def broadcast_buffers_(module: nn.Module, *, src: int = 0) -> None:
+    """Overwrite every rank's buffers of ``module`` with rank ``src``'s (a no-op in one process).
+
+    DDP keeps the parameters equal (every rank steps with the same all-reduced gradients) and
+    copies rank 0's buffers to the others before each forward, but each rank's last forward
+    then updates its own batch-norm statistics from its own images: after training they
+    differ, and so would each rank's evaluation and every decision taken from it.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src)
 
 
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from yolo_prune.engine.distributed import dist_info
 from yolo_prune.errors import ConfigError
 from yolo_prune.jobs.recipe import to_yaml, variant_distill, variant_options, variant_refit
 from yolo_prune.jobs.tasks import Task, TaskInputs, build_task
@@ -185,7 +186,8 @@ def dense_model(config: PruneJobConfig, task: Task) -> nn.Module:
         logger.info("training the dense model: %d epochs", epochs)
         task.fit(model, "dense", epochs, [], settings=phase_settings(recipe, "dense"),
                  teacher=None, distill=0.0, out=config.out / "phases" / "dense")  # fmt: skip
-        model.save_weights(config.out / "dense.weights")
+        if dist_info(config.device).is_main:  # under torchrun, rank 0 alone writes
+            model.save_weights(config.out / "dense.weights")
     return model
 
 
@@ -250,6 +252,10 @@ def make_fit(
 def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     """Evaluate, prune, fine-tune, evaluate, write the outputs; returns the report.
 
+    Under ``torchrun`` every rank trains and prunes (the same decisions: the same weights, the
+    same full data for every figure a method decides on); rank 0 alone evaluates for the
+    report, writes and times, and the other ranks return ``{}`` once the pruning is done.
+
     Raises:
         ConfigError, DataError, WeightsError, PruneError: bad options, data, weights or a
             pruning request the model cannot satisfy (raised before any training).
@@ -266,12 +272,14 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     distill = variant_distill(recipe, config.method)
     refit = variant_refit(recipe, config.method) if config.data is not None else 0
     pruner = build_pruner(method, options)  # validates the options before any work
+    main = dist_info(config.device).is_main  # under torchrun, rank 0 alone writes and reports
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
     dense_metrics = config.dense_metrics
     if config.resume:
         dense_metrics = check_resumable(config, recipe, task) or dense_metrics
-    atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
     t_dense = time.perf_counter()
     model = dense_model(config, task)
     trained = None
@@ -285,8 +293,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         dense = dict(dense_metrics)
     else:
         logger.info("evaluating the dense model")
-        dense = task.evaluate(model)
-    atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
+        dense = task.evaluate(model) if main else {}  # figures for the report only
+    if main:
+        atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
 
     # One frozen copy of the dense model: the teacher (never trained), the timing baseline and
     # the refit's target.
@@ -300,7 +309,8 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         recipe = {**recipe, "ratio": ratio}
         method, options = variant_options(recipe, config.method)
         pruner = build_pruner(method, options)
-        atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
+        if main:
+            atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))
         logger.info("ratio %.4f gives %.4f of the dense FLOPs (target %s)", ratio, flops,
                     recipe["flops"])  # fmt: skip
     phases: list[dict[str, Any]] = []
@@ -310,6 +320,8 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
                    refit=refit, dense=frozen, phases=phases, cut=cut)  # fmt: skip
     score = (lambda: task.score(model)) if config.val is not None else None
     result = pruner.run(model, fit=fit, evaluate=score, importance=importance)
+    if not main:  # the rest only reports: evaluations, files, timing
+        return {}
     model.eval()
     pruned = task.evaluate(model)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from yolo_prune.engine.distributed import dist_info, synchronize
 from yolo_prune.errors import ConfigError
 from yolo_prune.jobs.prune import (
     PruneJobConfig,
@@ -76,12 +77,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
-    """Run every missing point, then write the summary; returns the summary dict."""
+    """Run every missing point, then write the summary; returns the summary dict.
+
+    Under ``torchrun`` every rank runs the points (see :func:`run_prune`); rank 0 alone writes
+    and reports, the others return ``{}``. Before each point the ranks wait for each other, so
+    that they all find the same finished points and files.
+    """
     job = config.job
     task = job.task()
     check_job(job.recipe, task, config.methods, ratios=len(config.ratios))
+    main = dist_info(job.device).is_main  # under torchrun, rank 0 alone writes and reports
     out = job.out
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    synchronize()  # no rank reads the files below while rank 0 is writing them
     dense_path = out / "dense.json"
     dense = _read_json(dense_path)
     trained = out / "dense.weights"  # a classifier trained here once, shared by every point
@@ -93,11 +102,14 @@ def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
         model = dense_model(job, task)
         if job.weights is None and job.recipe.get("dense_epochs"):
             job = replace(job, weights=trained)
-        dense = task.evaluate(model)
-        atomic_write_text(dense_path, json.dumps(dense, indent=1) + "\n")
+        dense = task.evaluate(model) if main else {}  # figures for the report only
+        if main:
+            atomic_write_text(dense_path, json.dumps(dense, indent=1) + "\n")
     rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
     for method in config.methods:
         for ratio in config.ratios:
+            synchronize()  # rank 0 has written the last point (and dense.weights) by now
             where = point_dir(out, method, ratio)
             recipe = {**job.recipe, "ratio": ratio, "method": method}
             report = _read_json(where / "report.json")
@@ -112,6 +124,8 @@ def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
                 )
             else:
                 logger.info("sweep point %s at %s: done before, read back", method, ratio)
+            if not main:
+                continue
             report["_dir"] = str(where)
             rows.append(point_row(method, ratio, report))
             summary = _summary(job, dense, rows)
