@@ -118,7 +118,7 @@ def test_update_keeps_z_feasible_and_u_is_what_was_cut():
     torch.testing.assert_close(hook.U["w"], w + u0 - hook.Z["w"])
 
 
-@pytest.mark.parametrize("projection", ["global", "layer", "filter"])
+@pytest.mark.parametrize("projection", ["global", "layer", "layer-filters"])
 def test_admm_pruner_end_to_end_exact_sparsity(case2, projection):
 
     model = case2.model()

@@ -101,7 +101,9 @@ def test_fisher_criterion_ranks_across_layers_without_per_layer_normalisation():
         # layer 0 matters 100x less than layer 1, channel by channel
         return {"0.weight": torch.arange(1.0, 9.0), "1.weight": 100 * torch.arange(1.0, 9.0)}
 
-    project = build_projection(net, names, "group", criterion="fisher", importance=importance)
+    project = build_projection(
+        net, names, "global-channels", criterion="fisher", importance=importance
+    )
     weights = {n: net.get_parameter(n) for n in names}
     masks = project(weights, 0.25)  # 4 of 16 channels: the 4 weakest of layer 0
     assert (~masks["0.weight"]).reshape(8, -1).all(1).tolist() == [True] * 4 + [False] * 4
@@ -109,14 +111,14 @@ def test_fisher_criterion_ranks_across_layers_without_per_layer_normalisation():
     project(weights, 0.4)
     assert len(calls) == 1  # measured once, at the first projection
     # with weight norms (normalised per layer), both layers lose channels
-    l1 = build_projection(net, names, "group", criterion="l1")(weights, 0.5)
+    l1 = build_projection(net, names, "global-channels", criterion="l1")(weights, 0.5)
     assert not l1["0.weight"].all() and not l1["1.weight"].all()
 
 
 def test_fisher_criterion_without_data_says_what_to_do():
     net = _two_layer_net()
     with pytest.raises(PruneError, match="training data"):
-        build_projection(net, ["0.weight"], "group", criterion="fisher")
+        build_projection(net, ["0.weight"], "global-channels", criterion="fisher")
 
 
 def test_channel_method_passes_the_importance_callback_and_trains_only_if_asked():

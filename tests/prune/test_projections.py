@@ -128,7 +128,7 @@ def test_layerwise_ratio_mapping_must_cover_every_layer(case):
 
 @pytest.mark.parametrize(
     ("name", "dims"),
-    [("filter", (0,)), ("channel", (1,)), ("shape", None)],
+    [("layer-filters", (0,)), ("layer-inputs", (1,)), ("layer-shapes", None)],
 )
 def test_structured_groups_are_all_zero_or_all_kept(case, name, dims):
     weights = _weights(case)
@@ -184,14 +184,16 @@ def test_ratio_outside_unit_interval_is_an_error(ratio):
 
 def test_unknown_projection_is_an_error():
     with pytest.raises(
-        PruneError, match="unknown projection 'glob'; choose one of: channel, filter, global"
+        PruneError, match="unknown projection 'glob'; choose one of: global, global-channels, layer"
     ):
         P.get_projection("glob")
+    with pytest.raises(PruneError, match="projection 'filter' is now called 'layer-filters'"):
+        P.get_projection("filter")
 
 
 def test_unknown_norm_is_an_error():
     with pytest.raises(PruneError, match="unknown norm 'l3'; choose one of: l1, l2"):
-        P.get_projection("filter", norm="l3")
+        P.get_projection("layer-filters", norm="l3")
 
 
 def test_global_ratio_that_empties_a_layer_is_an_error():

@@ -136,7 +136,7 @@ def _fit_for(model, case):
             "admm-filter",
             {"epochs": 1, "stages": 1, "retrain_epochs": 0, "criterion": "l2", "policy": None},
         ),  # fmt: skip
-        ("magnitude", {"projection": "group", "norm": "l1", "epochs": 1}),
+        ("magnitude", {"projection": "global-channels", "norm": "l1", "epochs": 1}),
     ],
 )
 def test_group_methods_remove_whole_groups_ready_for_surgery(method, options, case2):
@@ -190,7 +190,7 @@ def test_round_to_keeps_multiples_of_8_in_every_pruned_layer(cfg, repo_cfg):
 
 def test_round_to_on_single_filter_groups():
     model = torchvision.models.resnet18(num_classes=10)
-    masks = get_projection("group", norm="l2")(
+    masks = get_projection("global-channels", norm="l2")(
         {n: model.get_parameter(n) for n in ("conv1.weight", "layer1.0.conv1.weight")},
         0.4,
         round_to=8,
@@ -228,7 +228,7 @@ def test_unresolvable_channel_groups_name_the_layers():
     )
     names = select_targets(model, TargetConfig())
     with pytest.raises(PruneError) as info:
-        build_projection(model, names, "group")
+        build_projection(model, names, "global-channels")
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(
@@ -238,7 +238,9 @@ def test_unresolvable_channel_groups_name_the_layers():
     assert "(and 1 more targets)" in message  # layer 1 is refused too
     # without the two tied layers the rest prunes
     ok = select_targets(model, TargetConfig(exclude=("layers.[01].*",)))
-    masks = build_projection(model, ok, "group")({n: model.get_parameter(n) for n in ok}, 0.5)
+    masks = build_projection(model, ok, "global-channels")(
+        {n: model.get_parameter(n) for n in ok}, 0.5
+    )
     assert int((~masks["layers.3.conv.weight"]).reshape(8, -1).all(1).sum()) == 4
 
 

@@ -163,7 +163,8 @@ class ADMMConfig(ADMMSchedule):
     """ADMM over weights: Z keeps the weights a ``projection`` chooses (unstructured global by
     default; per layer, filter, channel or shape, see :mod:`yolo_prune.prune.projections`)."""
 
-    projection: str = "global"  # global | layer | filter | channel | shape | group
+    # global | layer | layer-filters | layer-inputs | layer-shapes | global-channels
+    projection: str = "global"
     norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
 
     def __post_init__(self) -> None:
@@ -180,7 +181,7 @@ class ADMMConfig(ADMMSchedule):
 class LayerwiseADMMConfig(ADMMConfig):
     """Layer-wise ADMM (Zhang et al. 2018): the same ``ratio`` removed from every layer."""
 
-    projection: str = "layer"  # global | layer | filter | channel | shape
+    projection: str = "layer"  # global | layer | layer-filters | layer-inputs | layer-shapes
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,8 @@ class MagnitudeConfig(MagnitudeSchedule):
     """One-shot (``iterations=1``) or iterative magnitude pruning with masked fine-tuning; the
     ``projection`` chooses the weights (unstructured global by default)."""
 
-    projection: str = "global"  # global | layer | filter | channel | shape | group
+    # global | layer | layer-filters | layer-inputs | layer-shapes | global-channels
+    projection: str = "global"
     norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
 
     def __post_init__(self) -> None:
@@ -154,7 +155,8 @@ class MagnitudePruner(Pruner):
     def prune(self, model: nn.Module, calls: Callbacks) -> PruneResult:
         cfg = self.config
         names, caps = prepare_targets(model, cfg.targets, cfg.policy)
-        # "group" is bound to the model's channel groups: whole groups go, ready for surgery
+        # "global-channels" is bound to the model's channel groups: whole groups go, ready for
+        # surgery
         project = cfg.build_projection(model, names, calls.importance)
         history = []
         masks: dict[str, torch.Tensor] = {}

@@ -5,11 +5,11 @@ in ``[0, 1)``, and returns ``name -> bool Tensor`` of the same shapes, ``True`` 
 is kept. Which weights go is decided by magnitude (``|w|`` or the norm of a group of weights).
 
 Exact counts: asking for ratio ``r`` over ``n`` items prunes exactly ``round(r * n)`` of them
-(Python's ``round``). Items: all weights together (``global``), each layer's weights
-(``layer``), each layer's filters / input channels / kernel shapes (``filter``, ``channel``,
-``shape``); ``group`` counts all filters together and removes whole channel groups, so it may
-overshoot by part of a group. Ties are broken deterministically: among equal magnitudes the
-item that comes first (layers in mapping order, then row-major flat index) is pruned first.
+(Python's ``round``). Items: all weights together (``global``), each layer's weights (``layer``),
+each layer's filters / input channels / kernel shapes (``layer-filters``, ``layer-inputs``,
+``layer-shapes``); ``global-channels`` counts all filters together and removes whole channel groups,
+so it may overshoot by part of a group. Ties are broken deterministically: among equal magnitudes
+the item that comes first (layers in mapping order, then row-major flat index) is pruned first.
 
 ``caps`` (optional, ``name -> c`` in ``[0, 1]``) bounds the fraction of a layer's items that may
 be pruned: at most ``floor(c * n_layer)``. With ``global`` this is how early layers are kept
@@ -420,7 +420,7 @@ def project_shapes(
     )
 
 
-# --- channel groups (the "group" projection; yolo_prune.prune.structured binds it to a model) --
+# --- channel groups (the "global-channels" projection; prune.structured binds it to a model) ---
 
 
 def filter_norms(w: torch.Tensor, norm: str) -> torch.Tensor:
@@ -629,23 +629,33 @@ def project_channel_groups_global(
 
 # --- registry ------------------------------------------------------------------------------
 
+# Names say what is cut and where the ratio holds: "global-" one ratio over all targets,
+# "layer-" the ratio in every layer (method names are another namespace: the method `channel`
+# cuts with "global-channels").
 PROJECTIONS: dict[str, Projection] = {
     "global": project_global,
     "layer": project_layerwise,
-    "filter": project_filters,
-    "channel": project_channels,
-    "shape": project_shapes,
-    "group": project_channel_groups_global,
+    "layer-filters": project_filters,
+    "layer-inputs": project_channels,
+    "layer-shapes": project_shapes,
+    "global-channels": project_channel_groups_global,
 }
-STRUCTURED = ("filter", "channel", "shape", "group")
+STRUCTURED = ("layer-filters", "layer-inputs", "layer-shapes", "global-channels")
+RENAMED = {"filter": "layer-filters", "channel": "layer-inputs", "shape": "layer-shapes",
+           "group": "global-channels"}  # fmt: skip
 
 
 def get_projection(name: str, *, norm: str | None = None) -> Projection:
-    """The projection called ``name`` (``global``, ``layer``, ``filter``, ``channel``, ``shape``,
-    ``group``).
+    """The projection called ``name`` (``global``, ``layer``, ``layer-filters``,
+    ``layer-inputs``, ``layer-shapes``, ``global-channels``).
 
     ``norm`` (``l1``/``l2``) applies to the structured ones only.
     """
+    if name in RENAMED:
+        raise PruneError(
+            f"projection {name!r} is now called {RENAMED[name]!r} (names say what is cut and "
+            "whether the ratio is global or per layer)"
+        )
     if name not in PROJECTIONS:
         raise PruneError(
             f"unknown projection {name!r}; choose one of: {', '.join(sorted(PROJECTIONS))}"

@@ -110,10 +110,10 @@ def group_projection(
     per_flop: bool = False,
     importance: ImportanceFn | None = None,
 ) -> Projection:
-    """The ``group`` projection of the methods that remove channel groups (``admm-filter``,
-    ``channel``): bound to ``model``'s groups, ranked by ``criterion``, rounded to
+    """The ``global-channels`` projection of the methods that remove channel groups
+    (``admm-filter``, ``channel``): bound to ``model``'s groups, ranked by ``criterion``, rounded to
     ``round_to`` (see :func:`build_projection`)."""
-    return build_projection(model, names, "group", criterion=criterion, round_to=round_to,
+    return build_projection(model, names, "global-channels", criterion=criterion, round_to=round_to,
                             importance=importance, per_flop=per_flop)  # fmt: skip
 
 
@@ -138,15 +138,16 @@ def build_projection(
 ) -> Projection:
     """The projection called ``projection``, made ready for ``model``'s targets ``names``.
 
-    Only ``group`` needs the model: it is bound to :func:`model_channel_groups` (so a removed
-    group takes every filter tied to it) and, for ``criterion="bn"``, ranks by the batch-norm
-    scales read from the model at each call; for ``criterion="fisher"``, by
-    ``importance(model, names)`` (e.g. :func:`~yolo_prune.prune.importance.fisher_channel_scores`
-    on training batches, which the caller binds), measured once, at the first call, on the model
-    as it is then. ``criterion`` ("l1", "l2", "bn", "fisher"; default ``norm``, else "l2") and
-    ``round_to`` apply to ``group`` only. ``per_flop`` ranks channels by importance per GFLOP
-    they cost (``model.channel_flops()``; importance alone for a model without it), so a FLOPs
+    Only ``global-channels`` needs the model: it is bound to :func:`model_channel_groups` (so a
+    removed group takes every filter tied to it) and, for ``criterion="bn"``, ranks by the
+    batch-norm scales read from the model at each call; for ``criterion="fisher"``, by
+    ``importance(model, names)`` (e.g. :func:`~yolo_prune.prune.importance.fisher_channel_scores` on
+    training batches, which the caller binds), measured once, at the first call, on the model as it
+    is then. ``criterion`` ("l1", "l2", "bn", "fisher"; default ``norm``, else "l2") and
+    ``round_to`` apply to ``global-channels`` only. ``per_flop`` ranks channels by importance per
+    GFLOP they cost (``model.channel_flops()``; importance alone for a model without it), so a FLOPs
     budget goes where it buys the most importance instead of to the cheapest channels.
+
     Weight and BN-scale scores are divided by each layer's
     mean score *at the first call* (the dense model's scale), not at every call: under ADMM the
     cut channels of a layer shrink its current mean, which would lift its kept channels in the
@@ -155,10 +156,11 @@ def build_projection(
     projection, ``(weights, ratio, *, caps) -> masks``, so ADMM's Z-step and magnitude pruning
     use it unchanged: the filters of removed groups are all False in the masks.
     """
-    if projection != "group":
+    if projection != "global-channels":
         if criterion is not None or round_to != 1:
             raise PruneError(
-                f"criterion and round_to apply to the 'group' projection, not {projection!r}"
+                "criterion and round_to apply to the 'global-channels' projection, not "
+                f"{projection!r}"
             )
         return get_projection(projection, norm=norm)
     get_projection(projection, norm=norm)  # validates the norm

@@ -22,14 +22,15 @@ Model protocol (every method optional, found with ``getattr``)
     order (0, 1, 2, ...).
 
 ``model.channel_groups() -> list[list[tuple[str, int]]]``
-    ``(weight name, filter)`` pairs that route/shortcut layers tie together, one list per
-    prunable group. The ``group`` projection (``admm-filter``, or ``projection: group``) removes
-    whole groups, so the surgery in ``yolo_prune.darknet`` can shrink the graph. **Default**:
-    every filter is its own group.
+    ``(weight name, filter)`` pairs that route/shortcut layers tie together, one list per prunable
+    group. The ``global-channels`` projection (``admm-filter``, ``channel``, or ``projection:
+    global-channels``) removes whole groups, so the surgery in ``yolo_prune.darknet`` can shrink the
+    graph. **Default**: every filter is its own group.
 
 ``model.protected_channels() -> dict[str, str]``
     Weights none of whose filters may be removed structurally, with the reason (``"it feeds
-    the [yolo] layer 30"``); the ``group`` projection refuses such a target with that reason.
+    the [yolo] layer 30"``); the ``global-channels`` projection refuses such a target with that
+    reason.
 
 ``model.channel_output(name: str) -> nn.Module``
     The module at whose output the channels of weight ``name`` are read by data-driven
