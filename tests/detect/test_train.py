@@ -309,7 +309,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tiny_da
     # Every rank leaves with the same model, batch-norm statistics included (each rank's last
     # forward updated its own from its own images; they are rank 0's again): so every rank
     # evaluates, and decides on, the same model.
-    rank0, rank1 = (torch.load(tmp_path / f"two-rank{r}.pt") for r in (0, 1))
+    rank0, rank1 = (torch.load(tmp_path / f"two-rank{r}.pt", weights_only=True) for r in (0, 1))
     assert any("running_mean" in k for k in rank0)
     for k in rank0:
         assert torch.equal(rank0[k], rank1[k]), k
