@@ -150,6 +150,7 @@ def test_ranks_other_than_0_write_nothing(tiny_dataset, tiny_weights, tiny_recip
     assert _files(tmp_path) == {tiny_recipe.name}
 
 
+@pytest.mark.slow  # 11 s of two processes; the default run has the main two-process test
 def test_every_rank_leaves_the_group_after_an_error(tiny_dataset, tiny_weights, tmp_path):
     """An error every rank raises inside the command: each says it in one line and exits 2,
     after the ranks have left the process group together (at once, not after a timeout)."""
