@@ -45,6 +45,11 @@ class Task(Protocol):
     metric: str  # the main figure of ``evaluate`` (higher is better), e.g. "AP50" or "top1"
     inputs: TaskInputs
 
+    def with_settings(self, train: Mapping[str, Any]) -> Task:
+        """The same task with the recipe's ``train`` settings (what evaluation and the data
+        splits depend on: letterbox, ``val_size``, normalisation)."""
+        ...
+
     @classmethod
     def train_fields(cls) -> set[str]:
         """The settings a recipe's ``train`` / ``phases`` entries may set for this task."""
