@@ -45,6 +45,7 @@ def test_bad_cfg_is_one_line_exit_2(cfg_text, message, tmp_path, capsys):
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # 13 s of subprocesses; in-process tests check the exit statuses
 def test_console_script_exit_status_and_debug(tmp_path):
     missing = tmp_path / "missing.cfg"
     proc = subprocess.run([sys.executable, "-m", "yolo_prune.cli.main", "info", str(missing)],

@@ -67,7 +67,10 @@ def uninterrupted(tiny_cfg, tiny_weights, tiny_dataset, tmp_path_factory):
     return recipe, out
 
 
-@pytest.mark.parametrize("phase, step", [("admm", 4), ("retrain", 3)])
+@pytest.mark.parametrize(
+    "phase, step",
+    [("admm", 4), pytest.param("retrain", 3, marks=pytest.mark.slow)],  # 12 s each
+)
 def test_sigkill_then_resume_equals_the_uninterrupted_run(
     phase, step, uninterrupted, tiny_cfg, tiny_weights, tiny_dataset, tmp_path, caplog
 ):

@@ -80,6 +80,7 @@ def test_killed_sweep_resumes_and_outputs_agree_with_json(
     assert "magnitude at 0.6" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 11 s; the killed-sweep test covers reading points back
 def test_a_point_whose_recipe_changed_is_run_again(
     tiny_dataset, tiny_weights, tiny_recipe, tmp_path, monkeypatch
 ):

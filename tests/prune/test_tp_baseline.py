@@ -71,7 +71,12 @@ def _removed(masks):
 
 @pytest.mark.parametrize(
     "cfg",
-    ["tiny_detector.cfg", "tiny_classifier.cfg", "yolo-fastest-1.1-xl.cfg", "yolov4-tiny.cfg"],
+    [
+        "tiny_detector.cfg",
+        "tiny_classifier.cfg",
+        pytest.param("yolo-fastest-1.1-xl.cfg", marks=pytest.mark.slow),  # 10 s
+        "yolov4-tiny.cfg",
+    ],
 )
 def test_torch_pruning_choice_becomes_whole_groups_at_the_ratio_and_shrinks_exactly(
     cfg, repo_cfg, tp
