@@ -374,7 +374,8 @@ def test_letterbox_follows_the_cfg_unless_given(
         letterbox=option, max_steps=1,
     )  # fmt: skip
     train_detector(config, validate=_validator(config))
-    assert seen == [("train", expected), ("val", expected)]
+    # the training images, then the batch-norm recalibration images, then validation
+    assert seen == [("train", expected), ("train", expected), ("val", expected)]
 
 
 def test_conflicting_model_and_options_are_refused(tiny_data, tmp_path):

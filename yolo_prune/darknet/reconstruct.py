@@ -9,7 +9,10 @@ thus do not pile up with depth. The fit is ridge regression pulled towards the c
 so directions the calibration images do not constrain keep their trained values, and it has an
 intercept, which goes into the batch-norm mean (or the bias): it replaces the constant that
 :func:`~yolo_prune.darknet.surgery.fold_pruned_` folded in, measured instead of assumed.
-Depthwise and grouped convolutions and ``[connected]`` layers are left as they are.
+Depthwise and grouped convolutions and ``[connected]`` layers are left as they are. Each batch
+norm's running statistics are then set to those its input has on the calibration images, its
+scale and shift changed to keep the function, so that fine-tuning (batch statistics) trains the
+network that was refitted (running statistics).
 """
 
 from __future__ import annotations
@@ -68,6 +71,31 @@ def _refit_conv_(
 
 
 @torch.no_grad()
+def _renormalize_(bn: torch.nn.BatchNorm2d, y: torch.Tensor) -> None:
+    """Make ``bn``'s running statistics those of its input ``y`` [B, C, H, W], in place, with
+    its scale and shift changed so that its eval-mode output stays the same.
+
+    The refit moves a layer's intercept into the running mean and changes its weights, so the
+    running statistics stop describing what the layer outputs: in training mode batch norm
+    normalises by the batch's own statistics instead, and the network trained is another one
+    than the network evaluated (Yolo-Fastest, cut 27% by L1 and refitted: loss 109 in training
+    mode against 56 in eval mode, and fine-tuning fell to AP50 0). With the statistics measured
+    on the calibration images, both modes compute the same function on data like them.
+    """
+    mean = y.mean(dim=(0, 2, 3))
+    var = y.var(dim=(0, 2, 3), unbiased=False)
+    old_std = torch.sqrt(bn.running_var + bn.eps)
+    new_std = torch.sqrt(var + bn.eps)
+    if bn.affine:
+        bn.bias.add_(bn.weight * (mean - bn.running_mean) / old_std)
+        bn.weight.mul_(new_std / old_std)
+    else:  # no parameters to absorb the change: leave the statistics as they are
+        return
+    bn.running_mean.copy_(mean)
+    bn.running_var.copy_(var)
+
+
+@torch.no_grad()
 def reconstruct_(
     small: Darknet,
     dense: Darknet,
@@ -78,6 +106,7 @@ def reconstruct_(
     ridge: float = 1e-2,
     max_rows: int = 200_000,
     seed: int = 0,
+    renormalize: bool = True,
 ) -> Darknet:
     """Refit ``small`` (``dense`` shrunk without the ``pruned`` groups) in place.
 
@@ -89,6 +118,8 @@ def reconstruct_(
         pruned: the group ids that were removed; ``cmap``: the dense model's channel map.
         ridge: pull towards the current weights, relative to the mean input energy.
         max_rows: most output positions sampled per layer (over the whole batch).
+        renormalize: set each batch norm's running statistics to its input's on ``images``,
+            keeping the function (False: leave them, as before; for tests).
 
     Returns:
         ``small``, in eval mode.
@@ -113,6 +144,8 @@ def reconstruct_(
             _refit_conv_(layer_s, layer_d, in_s[0], in_d[0], keep_out[i], ridge=ridge,
                          max_rows=max_rows, generator=gen)  # fmt: skip
             refitted += 1
+        if renormalize and spec.kind == "convolutional" and layer_s.bn is not None:
+            _renormalize_(layer_s.bn, layer_s.conv(in_s[0]))
         if isinstance(layer_d, YoloLayer):  # as Darknet.forward: a head passes its input on
             out_s, out_d = in_s[0], in_d[0]
         else:

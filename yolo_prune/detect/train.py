@@ -34,6 +34,7 @@ from yolo_prune.data.augment import AugmentConfig
 from yolo_prune.data.train_dataset import TrainDataset, collate_detection
 from yolo_prune.detect.loss import YoloLoss, distillation_loss
 from yolo_prune.detect.preprocess import model_letterbox
+from yolo_prune.engine.batchnorm import recalibrate_batchnorm_
 from yolo_prune.engine.checkpoint import (
     CheckpointHook,
     load_checkpoint,
@@ -108,6 +109,9 @@ class TrainConfig:
     progress: bool = False  # tqdm progress bars
     max_steps: int | None = None  # stop after this many optimizer steps in all (tests)
     distill: float = 0.0  # weight of imitating a teacher's heads (train_detector(teacher=...))
+    recalibrate_bn: int = 64  # training images (un-augmented) that re-estimate the batch-norm
+    # statistics of the evaluated and saved weights before each validation and at the end
+    # (yolo_prune.engine.batchnorm); 0: keep the running averages, which lag the weights
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -128,6 +132,8 @@ class TrainConfig:
             raise ConfigError(f"bn_momentum={self.bn_momentum}; expected (0, 1]")
         if not (self.distill >= 0 and math.isfinite(self.distill)):
             raise ConfigError(f"distill={self.distill}; expected a weight >= 0")
+        if self.recalibrate_bn < 0:
+            raise ConfigError(f"recalibrate_bn={self.recalibrate_bn}; expected images >= 0")
         if self.val_every < 1 or self.checkpoint_every < 0 or self.workers < 0:
             raise ConfigError("val_every >= 1, checkpoint_every >= 0 and workers >= 0")
 
@@ -215,8 +221,27 @@ class _FiguresHook(Hook):
             )
 
 
+def _recalibration(
+    config: TrainConfig, size: tuple[int, int], classes: int, letterbox: bool
+) -> Callable[[nn.Module], None]:
+    """``recalibrate(model)``: its batch-norm statistics re-estimated on the first
+    ``config.recalibrate_bn`` training images, un-augmented (a no-op for 0)."""
+    if config.recalibrate_bn == 0:
+        return lambda model: None
+    dataset = TrainDataset(config.data, split=config.split, size=size, num_classes=classes,
+                           augment=None, letterbox=letterbox,
+                           max_images=config.recalibrate_bn)  # fmt: skip
+    loader = DataLoader(dataset, batch_size=config.batch_size, collate_fn=collate_detection)
+
+    def recalibrate(model: nn.Module) -> None:
+        recalibrate_batchnorm_(model, (images for images, _ in loader))
+
+    return recalibrate
+
+
 class _ValHook(Hook):
-    """COCO AP/AP50 of the evaluated model (EMA or raw) on the validation set (rank 0)."""
+    """COCO AP/AP50 of the evaluated model (EMA or raw) on the validation set (rank 0), its
+    batch-norm statistics re-estimated first."""
 
     def __init__(
         self,
@@ -227,9 +252,10 @@ class _ValHook(Hook):
         config: TrainConfig,
         info,
         letterbox: bool,
+        recalibrate: Callable[[nn.Module], None],
     ):
         self.model, self.figures, self.config, self.info = model, figures, config, info
-        self.validate = validate
+        self.validate, self.recalibrate = validate, recalibrate
         self.letterbox = letterbox  # as the training images are made
 
     def epoch_end(self, state: TrainState) -> None:
@@ -241,6 +267,7 @@ class _ValHook(Hook):
             and ((state.epoch + 1) % c.val_every == 0 or last)
         ):
             was_training = self.model.training
+            self.recalibrate(self.model)
             metrics = self.validate(self.model, letterbox=self.letterbox, device=self.info.device)
             self.model.train(was_training)
             state.log["val_AP"], state.log["val_AP50"] = metrics["AP"], metrics["AP50"]
@@ -399,13 +426,20 @@ def train_detector(
     ema = ModelEMA(net, decay=config.ema_decay, tau=config.ema_tau) if config.ema else None
     figures = _FiguresHook(parts, steps=steps, info=info, config=config)
     eval_model = ema.module if ema is not None else net
+    recalibrate = _recalibration(config, (height, width), classes, letterbox)
     all_hooks: list[Hook] = [_EpochHook(sampler, dataset), LRScheduleHook(schedule), *hooks]
     if ema is not None:
         all_hooks.append(EMAHook(ema))
     all_hooks += [
         figures,
         _ValHook(
-            eval_model, figures, validate=validate, config=config, info=info, letterbox=letterbox
+            eval_model,
+            figures,
+            validate=validate,
+            config=config,
+            info=info,
+            letterbox=letterbox,
+            recalibrate=recalibrate,
         ),
         # last, so that it saves what every other hook did in this step
         CheckpointHook(
@@ -458,6 +492,7 @@ def train_detector(
         )
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+    recalibrate(eval_model)
     # Every rank leaves with rank 0's batch-norm statistics, so that every rank evaluates (and
     # decides on) the same model.
     broadcast_buffers_(net)
