@@ -82,6 +82,17 @@ def test_set_overrides_dotted_keys_with_yaml_values():
         apply_overrides(recipe, ["train.lrate=1"])
 
 
+def test_exponent_notation_is_a_number_in_recipes_and_overrides(tmp_path):
+    """YAML 1.1 reads ``1e-4`` as a string; a learning rate written so must still be a float."""
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  lr: 1e-4\n  weight_decay: 5.0E-4\n  batch_size: 8\n")
+    train = read_recipe(path)["train"]
+    assert train == {"lr": 1e-4, "weight_decay": 5e-4, "batch_size": 8}
+    assert isinstance(train["batch_size"], int)
+    out = apply_overrides(normalise({}), ["train.lr=2e-3", "train.optimizer=adamw"])
+    assert out["train"] == {"lr": 2e-3, "optimizer": "adamw"}
+
+
 def test_variant_takes_the_recipe_ratio_and_scales_its_stages():
     recipe = normalise(
         {"ratio": 0.9, "methods": [{"name": "ours", "method": "admm", "ratio": 0.5,

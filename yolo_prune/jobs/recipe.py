@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,23 @@ from typing import Any
 import yaml
 
 from yolo_prune.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, except that ``1e-4`` is a float: YAML 1.1 wants ``1.0e-4`` and
+    would hand the option a string (``lr: 1e-4`` was refused with a type error)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+
 
 TOP_KEYS = {
     "model": "Darknet cfg path",
@@ -87,7 +105,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: no such recipe file (see cfg/recipes/ for examples)")
     try:
-        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+        data = _load_yaml(p.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{p.name}: not a YAML recipe (not UTF-8 text)") from None
     except yaml.YAMLError as exc:
@@ -182,6 +200,9 @@ def _check_train(values: Mapping[str, Any], where: str) -> None:
         raise ConfigError(
             f"{where}: unknown option {unknown[0]!r}; known options: {', '.join(sorted(known))}"
         )
+    from yolo_prune.jobs.tasks import check_train_types
+
+    check_train_types(values, where)
 
 
 def apply_overrides(recipe: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
@@ -192,7 +213,7 @@ def apply_overrides(recipe: dict[str, Any], assignments: Sequence[str]) -> dict[
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.002")
         try:
-            value = yaml.safe_load(raw)
+            value = _load_yaml(raw)
         except yaml.YAMLError:
             value = raw
         parts = key.split(".")

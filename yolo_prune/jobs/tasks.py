@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,10 +126,58 @@ def _check_dataclass(cls: type, settings: Mapping[str, Any], where: str, **fixed
             f"{where}: {unknown[0]!r} is not a training option of this task; "
             f"known options: {', '.join(sorted(known))}"
         )
+    for key, value in settings.items():
+        error = _type_error(cls, key, value)
+        if error:
+            raise ConfigError(f"{where}: {error}")
     try:
         return cls(**fixed, **settings)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+_SCALARS = {float: (float, int), int: (int,), bool: (bool,), str: (str,), Path: (str, Path),
+            type(None): (type(None),)}  # fmt: skip
+_KIND = {bool: "true or false", float: "a number", int: "an integer", Path: "a path",
+         str: "a string"}  # fmt: skip
+
+
+def check_train_types(settings: Mapping[str, Any], where: str) -> None:
+    """Refuse a ``train``/``phases`` value whose type no task's training config takes (``lr:
+    fast``), before the task is known (:func:`yolo_prune.jobs.recipe.read_recipe`)."""
+    from yolo_prune.classify.train import ClassifyTrainConfig
+    from yolo_prune.detect.train import TrainConfig
+
+    configs = (TrainConfig, ClassifyTrainConfig)
+    for key, value in settings.items():
+        errors = [_type_error(c, key, value) for c in configs if key in _field_names(c)]
+        if errors and all(errors):
+            raise ConfigError(f"{where}: {errors[0]}")
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _type_error(cls: type, key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the dataclass field ``key`` of ``cls`` (None: it can, or the
+    field is not a plain scalar and its own constructor checks it)."""
+    allowed = _scalar_types(typing.get_type_hints(cls)[key])
+    if allowed is None:
+        return None
+    if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+        kind = next(_KIND[t] for t in (bool, float, int, Path, str) if t in allowed)
+        return f"{key}={value!r}; expected {kind}"
+    return None
+
+
+def _scalar_types(hint: Any) -> tuple[type, ...] | None:
+    """The Python types a recipe value may have for a field typed ``hint``; None: not a plain
+    scalar (nested configs are checked by their own constructors)."""
+    parts = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if not all(p in _SCALARS for p in parts):
+        return None
+    return tuple(t for p in parts for t in _SCALARS[p])
 
 
 def _phase_figures(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
