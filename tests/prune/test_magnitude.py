@@ -91,6 +91,22 @@ def test_deep_compression_raises_quality_when_accuracy_holds_and_undoes_when_not
         assert torch.count_nonzero(params[n].detach()[~m]) == 0
 
 
+def test_deep_compression_with_a_fixed_threshold_keeps_every_round_at_one_quality(classifier):
+    """Han et al.'s schedule: the same quality * std every round, kept whatever the accuracy;
+    what retraining moves under the threshold goes in later rounds, so sparsity only grows."""
+    model = classifier.model()
+    fit = _fit_for(model, classifier)
+    cfg = DeepCompressionConfig(quality=0.8, adaptive=False, rounds=3, epochs_per_round=1)
+    result = DeepCompressionPruner(cfg).run(model, fit=fit)  # no evaluate needed
+    assert [h["quality"] for h in result.history] == [0.8, 0.8, 0.8]
+    assert all(h["kept"] for h in result.history)
+    spars = [h["sparsity"] for h in result.history]
+    assert spars == sorted(spars) and spars[0] > 0.2  # |w| < 0.8 std: a third of a Gaussian
+    params = dict(model.named_parameters())
+    for n, m in result.masks.items():
+        assert torch.count_nonzero(params[n].detach()[~m]) == 0
+
+
 def test_deep_compression_needs_evaluate(classifier):
     model = classifier.model()
     with pytest.raises(PruneError, match="needs an evaluate"):

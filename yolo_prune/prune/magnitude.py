@@ -177,9 +177,14 @@ class MagnitudePruner(Pruner):
 
 @dataclass(frozen=True)
 class DeepCompressionConfig:
-    """Iterative pruning at ``|w| < quality * std``, quality steered by validation accuracy."""
+    """Iterative pruning at ``|w| < quality * std``: with ``adaptive`` (the default), the
+    quality is steered by validation accuracy (raised after a round that holds it, the round
+    undone and the step shrunk after one that does not: the dynamic threshold); without, every
+    round prunes at the same ``quality`` and is kept whatever the accuracy (Han et al. 2015's
+    fixed threshold: weights that retraining moves under it go in later rounds)."""
 
     quality: float = 1.0  # quality of the first round (threshold = quality * layer std)
+    adaptive: bool = True  # steer the quality by accuracy (False: fixed, every round kept)
     step: float = 0.25  # quality added after a kept round
     backoff: float = 0.5  # step multiplied by this after an undone round
     tolerance: float = 0.002  # accuracy drop allowed below the reference (0.002 = 0.2 points)
@@ -197,7 +202,8 @@ class DeepCompressionConfig:
 
     def needs_data(self) -> bool:
         """Whether it cannot run without training data (it trains, or measures on data)."""
-        return True  # its threshold is steered by validation accuracy
+        # the adaptive threshold is steered by validation accuracy; every round retrains
+        return self.adaptive or self.epochs_per_round > 0
 
     def __post_init__(self) -> None:
         if not self.quality > 0:
@@ -242,7 +248,7 @@ class DeepCompressionPruner(Pruner):
     def prune(self, model: nn.Module, calls: Callbacks) -> PruneResult:
         cfg = self.config
         evaluate = calls.evaluate
-        if evaluate is None:
+        if evaluate is None and cfg.adaptive:
             raise PruneError(
                 "deep-compression needs an evaluate() callback: it steers the threshold by "
                 "validation accuracy"
@@ -250,7 +256,7 @@ class DeepCompressionPruner(Pruner):
         names, _ = prepare_targets(model, cfg.targets, None)
         weights = target_weights(model, names)
         stds = {n: float(w.detach().std()) for n, w in weights.items()}
-        reference = evaluate()
+        reference = evaluate() if evaluate is not None else None
         masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
         quality, step = cfg.quality, cfg.step
         accepted_quality = None
@@ -259,8 +265,8 @@ class DeepCompressionPruner(Pruner):
             saved = copy.deepcopy(model.state_dict())
             trial = threshold_masks(weights, {n: quality * stds[n] for n in names}, previous=masks)
             calls.apply_and_finetune(model, trial, f"round-{r}", cfg.epochs_per_round)
-            acc = evaluate()
-            kept = acc >= reference - cfg.tolerance
+            acc = evaluate() if evaluate is not None else None
+            kept = not cfg.adaptive or acc >= reference - cfg.tolerance
             row = {
                 "phase": f"round-{r}",
                 "quality": quality,
@@ -274,7 +280,7 @@ class DeepCompressionPruner(Pruner):
             if kept:
                 masks, accepted_quality = trial, quality
                 # Past max_ratio the quality holds: later rounds only retrain at this threshold.
-                if cfg.max_ratio is None or sparsity(masks) < cfg.max_ratio:
+                if cfg.adaptive and (cfg.max_ratio is None or sparsity(masks) < cfg.max_ratio):
                     quality += step
             else:
                 model.load_state_dict(saved)
