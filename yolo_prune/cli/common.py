@@ -17,3 +17,8 @@ def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
         "(default): on the CPU, the fastest of them for this model, timed side by side at "
         "start (about 2 s; torch for a single image); an .onnx file runs in onnxruntime",
     )
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: no progress bars (logs and CI)."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from yolo_prune.cli.common import add_runtime_argument
+from yolo_prune.cli.common import add_progress_argument, add_runtime_argument
 from yolo_prune.errors import ConfigError, DataError, require_file
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class DetectConfig:
     save: bool = True  # write annotated images / video
     compile_mish: bool | None = None  # compiled mish; None: for mish models on the CPU
     runtime: str = "auto"  # torch, onnxruntime, opencv, or auto (the fastest here)
+    progress: bool = True  # progress bars
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf < 1.0:
@@ -91,6 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--max-frames", type=int, help="stop a video after this many frames")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_progress_argument(p)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     p.add_argument(
         "--compile-mish",
@@ -128,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> DetectConfig:
         save=args.save,
         compile_mish=args.compile_mish,
         runtime=args.runtime,
+        progress=not args.no_progress,
     )
 
 
@@ -198,7 +201,7 @@ def run_detect(cfg: DetectConfig, *, progress: bool = True):
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    s, detector = run_detect(cfg, progress=True)
+    s, detector = run_detect(cfg, progress=cfg.progress)
     if detector.runtime_latency_ms:
         timed = ", ".join(f"{k} {v:.1f} ms" for k, v in detector.runtime_latency_ms.items())
         print(f"runtime {detector.runtime} (fastest at batch 1 here: {timed})")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from yolo_prune.cli.common import add_runtime_argument
+from yolo_prune.cli.common import add_progress_argument, add_runtime_argument
 from yolo_prune.errors import ConfigError, DataError
 from yolo_prune.jobs import models
 from yolo_prune.utils.io import atomic_write_text
@@ -46,6 +46,7 @@ class EvalOptions:
     letterbox: bool | None = None  # detection: keep aspect ratios (None: the cfg's letter_box)
     save_detections: Path | None = None  # detection: also write COCO results JSON here
     runtime: str = "auto"  # detection: torch, onnxruntime, opencv, or auto (the fastest here)
+    progress: bool = True  # progress bars
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,6 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--letterbox", action="store_true", default=None, help="detection: letterbox")
     p.add_argument("--save-detections", type=Path, help="detection: write COCO results JSON")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_progress_argument(p)
     add_runtime_argument(p)
     p.add_argument("--out", type=Path, help="write the metrics as JSON to this file")
     p.set_defaults(func=run)
@@ -95,6 +97,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         letterbox=args.letterbox,
         save_detections=args.save_detections,
         runtime=args.runtime,
+        progress=not args.no_progress,
     )
 
 
@@ -209,7 +212,7 @@ def _detection(model: nn.Module, opts: EvalOptions) -> dict[str, Any]:
         device=opts.device,
         runtime=opts.runtime,
         detections_path=opts.save_detections,
-        progress=True,
+        progress=opts.progress,
     )
     return {"task": "detect", "split": split, **metrics}
 

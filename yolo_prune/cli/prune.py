@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from yolo_prune.cli.common import add_progress_argument
 from yolo_prune.engine.distributed import dist_info
 from yolo_prune.errors import ConfigError, require_file
 
@@ -55,7 +56,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
         help="training images that calibrate pruned-int8.onnx (default 64)",
     )
     p.add_argument("--max-val-images", type=int, help="evaluate on the first N images only")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(p)
     p.add_argument(
         "--resume",
         action="store_true",

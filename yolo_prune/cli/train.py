@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from yolo_prune.cli.common import add_progress_argument
 from yolo_prune.data.augment import AugmentConfig
 from yolo_prune.detect.train import OPTIMIZERS, TrainConfig, train_detector
 from yolo_prune.engine.distributed import dist_info
@@ -62,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, help="train on the first N images only")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
