@@ -65,16 +65,20 @@ def bench_recipe(model: str, epochs: int, admm_epochs: int) -> dict:
     """The model's recipe (its train settings, size, policy) with the benchmark's variants."""
     cfg, _, recipe_path = MODELS[model]
     base = yaml.safe_load((ROOT / recipe_path).read_text())
-    policy = {"first_cap": 0.2, "last_cap": 0.5}  # the conservative early layers of ours
+    variants = {m.get("name"): m for m in base.get("methods") or []}
+    # structured ours: the model recipe's own `admm-filter` policy and ranking where it has
+    # them (Yolo-Fastest: importance per FLOP, tuned on a training split), else the method's
+    # conservative defaults
+    own_s = variants.get("admm-filter") or {}
+    structured = {"policy": own_s.get("policy") or {"first_cap": 0.2, "last_cap": 0.5},
+                  **({"per_flop": True} if own_s.get("per_flop") else {})}  # fmt: skip
     # unstructured ours: the model recipe's own conservative policy (yolov3-tiny: capped up to
     # the end of its backbone, cfg layer 12); a ramp over every layer cannot reach 0.9
-    own = next((m.get("policy") for m in base.get("methods") or [] if m.get("name") == "admm"),
-               None)  # fmt: skip
-    policy_u = own or {"first_cap": 0.3, "last_cap": 1.0}
+    policy_u = (variants.get("admm") or {}).get("policy") or {"first_cap": 0.3, "last_cap": 1.0}
     tuned = {"epochs": epochs}
     methods = [
         {"name": "ours", "method": "admm-filter", "epochs": admm_epochs, "stages": 1,
-         "retrain_epochs": epochs, "policy": policy},
+         "retrain_epochs": epochs, **structured},
         {"name": "l1", "method": "channel", "criterion": "l1", **tuned},
         {"name": "bn", "method": "channel", "criterion": "bn", **tuned},
         {"name": "tp-magnitude", "method": "torch-pruning", "importance": "magnitude", **tuned},
