@@ -71,7 +71,7 @@ def bench_recipe(model: str, epochs: int, admm_epochs: int) -> dict:
     # conservative defaults
     own_s = variants.get("admm-filter") or {}
     structured = {"policy": own_s.get("policy") or {"first_cap": 0.2, "last_cap": 0.5},
-                  **({"per_flop": True} if own_s.get("per_flop") else {})}  # fmt: skip
+                  **{k: own_s[k] for k in ("per_flop", "round_to") if k in own_s}}  # fmt: skip
     # unstructured ours: the model recipe's own conservative policy (yolov3-tiny: capped up to
     # the end of its backbone, cfg layer 12); a ramp over every layer cannot reach 0.9
     policy_u = (variants.get("admm") or {}).get("policy") or {"first_cap": 0.3, "last_cap": 1.0}
