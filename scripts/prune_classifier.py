@@ -63,8 +63,9 @@ def table(runs: dict[int, dict]) -> tuple[list[dict], str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        compression = 1 / max(1e-9, 1 - r["sparsity"])
         lines.append(
-            f"| {r['method']} | {100 * r['sparsity']:.2f} | {1 / max(1e-9, 1 - r['sparsity']):.0f}x "
+            f"| {r['method']} | {100 * r['sparsity']:.2f} | {compression:.0f}x "
             f"| {100 * r['top1_mean']:.2f} | {100 * r['top1_worst']:.2f} "
             f"| {100 * r['delta_mean']:+.2f} | {100 * r['delta_worst']:+.2f} "
             f"| {r['minutes_mean']:.1f} |"
