@@ -63,7 +63,7 @@ from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.policy import ConservativePolicy
 from yolo_prune.prune.projections import Projection, check_ratio, get_projection
 from yolo_prune.prune.pruner import Callbacks, Pruner
-from yolo_prune.prune.structured import build_projection, check_group_options, group_projection
+from yolo_prune.prune.structured import GroupProjection, WeightProjection
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -159,22 +159,9 @@ class ADMMSchedule:
 
 
 @dataclass(frozen=True)
-class ADMMConfig(ADMMSchedule):
+class ADMMConfig(WeightProjection, ADMMSchedule):
     """ADMM over weights: Z keeps the weights a ``projection`` chooses (unstructured global by
     default; per layer, filter, channel or shape, see :mod:`yolo_prune.prune.projections`)."""
-
-    # global | layer | layer-filters | layer-inputs | layer-shapes | global-channels
-    projection: str = "global"
-    norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
-
-    def __post_init__(self) -> None:
-        get_projection(self.projection, norm=self.norm)
-        super().__post_init__()
-
-    def build_projection(
-        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
-    ) -> Projection:
-        return build_projection(model, names, self.projection, norm=self.norm)
 
 
 @dataclass(frozen=True)
@@ -185,15 +172,12 @@ class LayerwiseADMMConfig(ADMMConfig):
 
 
 @dataclass(frozen=True)
-class ADMMFilterConfig(ADMMSchedule):
+class ADMMFilterConfig(GroupProjection, ADMMSchedule):
     """Filter-wise ADMM over channel groups: Z keeps whole groups (tied filters) at one global
     ratio of channels, ranked by ``criterion``, so the pruned model can be shrunk physically
-    (see :mod:`yolo_prune.prune.structured`)."""
+    (see :mod:`yolo_prune.prune.structured`); the norms rank W + U. Yolo-Fastest's recipe ranks
+    per FLOP with no caps (better on its training split, docs/structured_tuning.md)."""
 
-    criterion: str = "fisher"  # fisher (loss rise on data), l1 | l2 norm of W + U, bn (scale)
-    round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
-    per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware;
-    # better on yolov3-tiny's training split, AP50 0.1 on Yolo-Fastest at ratio 0.3: off)
     policy: ConservativePolicy | None = field(  # the first layer loses at most 20% of its
         default_factory=lambda: ConservativePolicy(first_cap=0.2, last_cap=0.5)  # channels, any
     )  # other at most half (measured on a training split: docs/structured_tuning.md)
@@ -201,18 +185,11 @@ class ADMMFilterConfig(ADMMSchedule):
     # filter where a layer has no batch norm); weight: the filters themselves
 
     def __post_init__(self) -> None:
-        check_group_options(criterion=self.criterion, round_to=self.round_to)
         if self.penalize not in PENALIZE:
             raise PruneError(
                 f"admm-filter penalize={self.penalize!r}; choose one of: {', '.join(PENALIZE)}"
             )
         super().__post_init__()
-
-    def build_projection(
-        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
-    ) -> Projection:
-        return group_projection(model, names, criterion=self.criterion, round_to=self.round_to,
-                                per_flop=self.per_flop, importance=importance)  # fmt: skip
 
     def admm_variables(self, model: nn.Module, names: Sequence[str]) -> dict[str, str]:
         """With ``penalize="scale"``, the batch-norm scale after each target filter bank.

@@ -37,9 +37,9 @@ from yolo_prune.prune.base import (
 from yolo_prune.prune.importance import ImportanceFn
 from yolo_prune.prune.masks import apply_masks_
 from yolo_prune.prune.policy import ConservativePolicy
-from yolo_prune.prune.projections import Projection, check_ratio, get_projection, sparsity
+from yolo_prune.prune.projections import Projection, check_ratio, sparsity
 from yolo_prune.prune.pruner import Callbacks, Pruner
-from yolo_prune.prune.structured import build_projection, check_group_options, group_projection
+from yolo_prune.prune.structured import GroupProjection, WeightProjection
 from yolo_prune.prune.targets import TargetConfig
 
 logger = logging.getLogger(__name__)
@@ -87,50 +87,24 @@ class MagnitudeSchedule:
 
 
 @dataclass(frozen=True)
-class MagnitudeConfig(MagnitudeSchedule):
+class MagnitudeConfig(WeightProjection, MagnitudeSchedule):
     """One-shot (``iterations=1``) or iterative magnitude pruning with masked fine-tuning; the
     ``projection`` chooses the weights (unstructured global by default)."""
 
-    # global | layer | layer-filters | layer-inputs | layer-shapes | global-channels
-    projection: str = "global"
-    norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
-
-    def __post_init__(self) -> None:
-        get_projection(self.projection, norm=self.norm)
-        super().__post_init__()
-
-    def build_projection(
-        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
-    ) -> Projection:
-        return build_projection(model, names, self.projection, norm=self.norm)
-
 
 @dataclass(frozen=True)
-class ChannelConfig(MagnitudeSchedule):
+class ChannelConfig(GroupProjection, MagnitudeSchedule):
     """Channel pruning for a real speedup: remove whole channel groups (tied filters) at one
     global ratio of channels, ranked by ``criterion``; then ``epochs`` of masked fine-tuning
     (default none: one-shot). ``fisher`` measures on training batches how much the loss rises
     without each channel (:mod:`yolo_prune.prune.importance`); ``l1``/``l2``/``bn`` read the
     weights (see :mod:`yolo_prune.prune.structured`)."""
 
-    criterion: str = "fisher"  # fisher | l1 | l2 | bn
-    round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
     epochs: int = 0  # masked fine-tuning epochs (0: one-shot, no training)
-    per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware)
 
     def needs_data(self) -> bool:
         """Whether it cannot run without training data (it trains, or measures on data)."""
         return self.epochs > 0 or self.criterion == "fisher"  # Fisher is measured on images
-
-    def __post_init__(self) -> None:
-        check_group_options(criterion=self.criterion, round_to=self.round_to)
-        super().__post_init__()
-
-    def build_projection(
-        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
-    ) -> Projection:
-        return group_projection(model, names, criterion=self.criterion, round_to=self.round_to,
-                                per_flop=self.per_flop, importance=importance)  # fmt: skip
 
 
 def _split(total: int, parts: int) -> list[int]:

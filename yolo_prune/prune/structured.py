@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -115,6 +116,52 @@ def group_projection(
     ``round_to`` (see :func:`build_projection`)."""
     return build_projection(model, names, "global-channels", criterion=criterion, round_to=round_to,
                             importance=importance, per_flop=per_flop)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WeightProjection:
+    """A method's choice of which weights it keeps, by name (:func:`build_projection` without
+    channel groups). Mixed in before a schedule, whose checks its own precede:
+    ``class MagnitudeConfig(WeightProjection, MagnitudeSchedule)``."""
+
+    # global | layer | layer-filters | layer-inputs | layer-shapes | global-channels
+    projection: str = "global"
+    norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
+
+    def __post_init__(self) -> None:
+        get_projection(self.projection, norm=self.norm)
+        schedule_checks = getattr(super(), "__post_init__", None)
+        if schedule_checks is not None:
+            schedule_checks()
+
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
+        return build_projection(model, names, self.projection, norm=self.norm)
+
+
+@dataclass(frozen=True)
+class GroupProjection:
+    """A method's choice of whole channel groups (tied filters) at one global ratio of channels
+    (:func:`group_projection`), so the pruned model can be shrunk physically. Mixed in before a
+    schedule, whose checks its own precede: ``class ChannelConfig(GroupProjection,
+    MagnitudeSchedule)``."""
+
+    criterion: str = "fisher"  # fisher (loss rise on data) | l1 | l2 (filter norm) | bn (scale)
+    round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
+    per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware)
+
+    def __post_init__(self) -> None:
+        check_group_options(criterion=self.criterion, round_to=self.round_to)
+        schedule_checks = getattr(super(), "__post_init__", None)
+        if schedule_checks is not None:
+            schedule_checks()
+
+    def build_projection(
+        self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
+    ) -> Projection:
+        return group_projection(model, names, criterion=self.criterion, round_to=self.round_to,
+                                per_flop=self.per_flop, importance=importance)  # fmt: skip
 
 
 def check_group_options(*, criterion: str, round_to: int) -> None:
