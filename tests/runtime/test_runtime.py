@@ -128,7 +128,7 @@ def test_an_onnx_file_is_scored_by_eval_as_its_source_is(fastest, shared_data, t
     weights = tmp_path / "fastest.weights"
     fastest.save_weights(weights)
     cfg = shared_data / "cfg" / "yolo-fastest-1.1-xl.cfg"
-    data = ["--data", str(shared_data / "coco128"), "--batch-size", "16"]
+    data = ["--data", str(shared_data / "coco128"), "--batch-size", "16", "--no-latency"]
     assert (
         main(["eval", "--weights", str(onnx_path), *data, "--out", str(tmp_path / "o.json")]) == 0
     )
@@ -140,6 +140,7 @@ def test_an_onnx_file_is_scored_by_eval_as_its_source_is(fastest, shared_data, t
     assert onnx_m["images"] == torch_m["images"] == 64
     assert abs(onnx_m["AP50"] - torch_m["AP50"]) < 0.002 and torch_m["AP50"] > 0.3
     assert onnx_m["gflops"] == pytest.approx(torch_m["gflops"], rel=1e-6)
+    assert onnx_m["fps"] is None and torch_m["fps"] is None  # --no-latency: nothing timed
 
 
 def test_detect_runs_an_onnx_file_without_a_cfg(fastest, shared_data, tmp_path):

@@ -22,3 +22,8 @@ def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     """``--no-progress``: no progress bars (logs and CI)."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_latency_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-latency``: skip the FPS timing (a few seconds per model)."""
+    parser.add_argument("--no-latency", action="store_true", help="skip FPS timing")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from yolo_prune.cli.common import add_progress_argument, add_runtime_argument
+from yolo_prune.cli.common import add_latency_argument, add_progress_argument, add_runtime_argument
 from yolo_prune.errors import ConfigError, DataError
 from yolo_prune.jobs import models
 from yolo_prune.utils.io import atomic_write_text
@@ -47,6 +47,7 @@ class EvalOptions:
     save_detections: Path | None = None  # detection: also write COCO results JSON here
     runtime: str = "auto"  # detection: torch, onnxruntime, opencv, or auto (the fastest here)
     progress: bool = True  # progress bars
+    latency: bool = True  # detection: also time batch 1 and --batch-size forward passes
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -76,6 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_progress_argument(p)
     add_runtime_argument(p)
+    add_latency_argument(p)
     p.add_argument("--out", type=Path, help="write the metrics as JSON to this file")
     p.set_defaults(func=run)
 
@@ -98,6 +100,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         save_detections=args.save_detections,
         runtime=args.runtime,
         progress=not args.no_progress,
+        latency=not args.no_latency,
     )
 
 
@@ -213,6 +216,7 @@ def _detection(model: nn.Module, opts: EvalOptions) -> dict[str, Any]:
         runtime=opts.runtime,
         detections_path=opts.save_detections,
         progress=opts.progress,
+        latency=opts.latency,
     )
     return {"task": "detect", "split": split, **metrics}
 

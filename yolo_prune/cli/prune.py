@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from yolo_prune.cli.common import add_progress_argument
+from yolo_prune.cli.common import add_latency_argument, add_progress_argument
 from yolo_prune.engine.distributed import dist_info
 from yolo_prune.errors import ConfigError, require_file
 
@@ -43,7 +43,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--no-latency", action="store_true", help="skip FPS timing")
+    add_latency_argument(p)
     p.add_argument(
         "--no-deploy",
         action="store_true",
