@@ -183,7 +183,9 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("kind", ["admm", "mask"])
+# ADMM's state in a resume is also checked by the whole prune job (tests/jobs/test_resume.py,
+# SIGKILL in the ADMM phase), so only the mask hook runs here by default (7 s each)
+@pytest.mark.parametrize("kind", [pytest.param("admm", marks=pytest.mark.slow), "mask"])
 def test_sigkill_and_resume_of_a_pruning_run_equals_uninterrupted(tiny_data, tmp_path, kind):
     """Acceptance of issue 5 for pruning: the hooks' state (ADMM Z/U/rho/stage, masks) is in
     every checkpoint, so a run killed in mid-epoch and resumed ends where an uninterrupted
