@@ -47,6 +47,8 @@ from pathlib import Path
 
 import yaml
 
+from yolo_prune.jobs.recipe import read_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 MODELS = {  # name: (cfg, weights file in shared/data/weights, recipe with its train settings)
@@ -64,8 +66,8 @@ UNSTRUCTURED = ("ours-u", "magnitude")
 def bench_recipe(model: str, epochs: int, admm_epochs: int) -> dict:
     """The model's recipe (its train settings, size, policy) with the benchmark's variants."""
     cfg, _, recipe_path = MODELS[model]
-    base = yaml.safe_load((ROOT / recipe_path).read_text())
-    variants = {m.get("name"): m for m in base.get("methods") or []}
+    base = read_recipe(ROOT / recipe_path)  # the job's own loader: the same checks, the same
+    variants = base["methods"]  # reading of every value (variants keyed by name)
     # structured ours: the model recipe's own `admm-filter` policy and ranking where it has
     # them (Yolo-Fastest: importance per FLOP, tuned on a training split), else the method's
     # conservative defaults
