@@ -69,6 +69,35 @@ def test_lenet5_prune_trains_dense_prunes_and_reports_top1(
     assert isinstance(dense, Darknet) and torch.count_nonzero(dense.layers[0].conv.weight) > 0
 
 
+def test_a_classifier_recipe_with_distill_trains_against_the_frozen_dense_model(
+    small_mnist, lenet_recipe, repo_cfg, tmp_path, monkeypatch
+):
+    import yolo_prune.classify.train as classify_train
+
+    seen = []
+    real = classify_train.distilled_cross_entropy
+
+    def spy(teacher, weight):
+        loss = real(teacher, weight)
+        seen.append((teacher, weight, teacher.training))  # set to eval mode for the loss
+        return loss
+
+    monkeypatch.setattr(classify_train, "distilled_cross_entropy", spy)
+    out = tmp_path / "kd"
+    code = main(["prune", "--cfg", str(repo_cfg / "lenet5.cfg"), "--data", str(small_mnist),
+                 "--recipe", str(lenet_recipe), "--method", "magnitude", "--set", "distill=0.5",
+                 "--out", str(out), "--no-latency", "--no-progress",
+                 "--no-deploy"])  # fmt: skip
+    assert code == 0
+    # the dense phase trains on labels only; the fine-tuning after the cut has the teacher
+    assert [(w, training) for _, w, training in seen] == [(0.5, False)]
+    teacher = seen[0][0]
+    dense, _ = load_model(repo_cfg / "lenet5.cfg", out / "dense.weights")
+    for a, b in zip(teacher.state_dict().values(), dense.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the dense model, never trained further
+    assert "distill: 0.5" in (out / "config.yaml").read_text()
+
+
 def test_lenet5_sweep_runs_each_variant_at_its_own_ratio_from_one_dense_model(
     small_mnist, lenet_recipe, repo_cfg, tmp_path, capsys
 ):

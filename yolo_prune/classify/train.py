@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from yolo_prune.data.classification import ShuffledBatches
 from yolo_prune.engine.hooks import Hook, LossLogHook
-from yolo_prune.engine.loop import Trainer, cross_entropy_loss
+from yolo_prune.engine.loop import LossFn, Trainer, cross_entropy_loss
 from yolo_prune.engine.schedule import LRScheduleHook, WarmupCosine
 from yolo_prune.errors import ConfigError
 
@@ -82,6 +83,31 @@ def build_optimizer(model: nn.Module, config: ClassifyTrainConfig) -> torch.opti
     )
 
 
+TEMPERATURE = 4.0  # softening of both models' logits in the distillation term
+
+
+def distilled_cross_entropy(teacher: nn.Module, weight: float) -> LossFn:
+    """Cross-entropy on the labels plus ``weight`` times the teacher's soft targets.
+
+    The soft term is Hinton et al. (2015)'s: KL divergence from the teacher's to the student's
+    class distribution, both at temperature :data:`TEMPERATURE`, scaled by its square so its
+    gradients keep the size of the label term's. The teacher is frozen and runs in eval mode.
+    """
+    teacher.eval().requires_grad_(False)
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, labels = batch
+        logits = model(inputs)
+        with torch.no_grad():
+            taught = teacher(inputs).float()
+        soft = F.kl_div(F.log_softmax(logits.float() / TEMPERATURE, dim=1),
+                        F.log_softmax(taught / TEMPERATURE, dim=1),
+                        reduction="batchmean", log_target=True)  # fmt: skip
+        return F.cross_entropy(logits, labels) + weight * TEMPERATURE**2 * soft
+
+    return loss
+
+
 def train_classifier(
     model: nn.Module,
     batches: ShuffledBatches,
@@ -90,13 +116,20 @@ def train_classifier(
     epochs: int,
     hooks: Sequence[Hook] = (),
     device: torch.device | str = "cpu",
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
 ) -> dict[str, float]:
     """Train ``model`` in place for ``epochs`` epochs of ``batches``; the last epoch's figures.
 
     ``batches`` is re-augmented with ``config.shift``/``config.flip`` (a phase may set its own).
     The caller's ``hooks`` run first (a pruning mask must see each step before anything reads
-    the weights), then the schedule and the loss log.
+    the weights), then the schedule and the loss log. With ``distill > 0`` the loss adds the
+    ``teacher``'s soft targets (:func:`distilled_cross_entropy`).
     """
+    if distill < 0 or not math.isfinite(distill):
+        raise ConfigError(f"distill={distill}; expected a weight >= 0")
+    if distill and teacher is None:
+        raise ConfigError(f"distill={distill} needs a teacher model")
     batches.shift, batches.flip = config.shift, config.flip
     optimizer = build_optimizer(model, config)
     steps = min(config.steps_per_epoch or len(batches), len(batches))
@@ -104,10 +137,12 @@ def train_classifier(
     if config.schedule == "cosine":
         extra.insert(0, LRScheduleHook(WarmupCosine(total_steps=max(1, epochs * steps),
                                                     final_ratio=0.01)))  # fmt: skip
+    if distill:
+        teacher = teacher.to(device)
     trainer = Trainer(
         model,
         optimizer,
-        cross_entropy_loss,
+        distilled_cross_entropy(teacher, distill) if distill else cross_entropy_loss,
         hooks=[*hooks, *extra],
         device=device,
         max_steps_per_epoch=config.steps_per_epoch,

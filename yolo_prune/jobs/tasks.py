@@ -363,14 +363,13 @@ class ClassificationTask:
             out: Path, resume: bool = False) -> dict[str, Any]:  # fmt: skip
         from yolo_prune.classify.train import train_classifier
 
-        if distill:
-            raise ConfigError("distill: classifiers train on labels only; set distill: 0")
         config = self._config(settings)
         self._data()
         if config.batch_size != self._batches.batch_size:
             self._batches.batch_size = config.batch_size
         figures = train_classifier(model, self._batches, config, epochs=epochs, hooks=hooks,
-                                   device=self.inputs.device)  # fmt: skip
+                                   device=self.inputs.device, teacher=teacher,
+                                   distill=distill)  # fmt: skip
         figures["val_top1"] = self.score(model)
         logger.info("phase %s: %d epochs, val top-1 %.4f", phase, epochs, figures["val_top1"])
         return figures
