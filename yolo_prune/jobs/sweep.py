@@ -188,8 +188,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
     keys = ("top1",) if summary.get("metric") == "top1" else ("AP", "AP50")
     heads = {"top1": "top-1 %", "AP": "AP %", "AP50": "AP50 %"}
     lines = [
-        f"# {_label(summary)} vs sparsity: {Path(summary['cfg']).stem}, "
-        f"input {summary.get('size')}",
+        f"# {_label(summary)} vs sparsity: {Path(summary['cfg']).stem}"
+        + (f", input {summary['size']}" if summary.get("size") else ""),
         "",
         "| method | ratio | sparsity % | " + " | ".join(heads[k] for k in keys)
         + " | non-zero params | GFLOPs (non-zero) | speed vs dense | minutes |",
@@ -203,7 +203,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
             f"| {r['method']} | {_fmt(r['ratio'], 'g')} | {_pct(r['sparsity'])} | "
             + " | ".join(_pct(r.get(k)) for k in keys)
             + f" | {r['nonzero_params'] or 0:,} "
-            f"| {_fmt(r['gflops_nonzero'], '.3f')} | {_fmt(r['speedup'], '.2f')}x "
+            f"| {_fmt(r['gflops_nonzero'], '.3g')} | {_fmt(r['speedup'], '.2f')}x "
             f"| {_fmt(r['minutes'], '.1f')} |"
         )
     return "\n".join(lines) + "\n"
