@@ -254,3 +254,26 @@ def test_adaptive_rho_starts_at_the_gradient_to_gap_ratio_and_follows_the_residu
     fixed = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1, rho=0.3))
     fixed.steer_(0.5, progress=0.5)  # a rho given by the user stays as given
     assert fixed.rho == 0.3
+
+
+def test_adaptive_rho_stops_growing_at_its_cap_without_an_optimizer_bound():
+    # Under Adam (no stability bound) a residual that cannot follow the path used to double
+    # rho at every Z-step until float32 overflowed in the penalty's gradient.
+    from yolo_prune.prune.admm import RHO_MAX_GROWTH
+
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 0.5, 0.1]))
+    hook = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))
+    hook.init_({"w": w})
+    w.grad = torch.tensor([0.0, 0.0, 3.0, 4.0])
+    hook.add_penalty_grad_({"w": w})
+    first = hook.rho
+    for _ in range(200):  # always behind the path
+        hook.steer_(1.0, progress=1.0)
+    assert hook.rho == pytest.approx(first * RHO_MAX_GROWTH)
+    restored = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))
+    restored.load_state_dict(hook.state_dict())  # a resumed phase keeps the same cap
+    restored.steer_(1.0, progress=1.0)
+    assert restored.rho == pytest.approx(first * RHO_MAX_GROWTH)
+    w.grad.zero_()
+    hook.add_penalty_grad_({"w": w})
+    assert bool(torch.isfinite(w.grad).all())

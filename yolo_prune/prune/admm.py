@@ -20,7 +20,8 @@ the penalty pulls as hard as the loss does (``||grad loss|| / ||W - Z||`` over t
 first step, whatever the loss's scale or the weights' norms), and at every Z-step it is steered
 along a residual path: ``||W - Z|| / ||W||`` should fall geometrically from its value at the
 start to ``RESIDUAL_GOAL`` (0.02) at the end of the phase. rho doubles while the residual is
-above the path, never past what SGD follows stably (:func:`stable_rho`), and is never lowered:
+above the path, never past what SGD follows stably (:func:`stable_rho`) nor past
+``RHO_MAX_GROWTH`` times its first value, and is never lowered:
 on the non-convex sparsity constraint a smaller rho lets the scaled dual U pile up on the cut
 weights until they outrank kept ones and Z flips (seen on a convex toy too: rho halved when
 ahead of the path fell below the level that holds the right support).
@@ -71,6 +72,7 @@ logger = logging.getLogger(__name__)
 PENALIZE = ("scale", "weight")
 RESIDUAL_GOAL = 0.02  # adaptive rho: ||W - Z|| / ||W|| aimed at by the end of the ADMM phase
 RHO_STEP = 2.0  # ... rho is multiplied by this at a Z-step above the path
+RHO_MAX_GROWTH = 2.0**20  # ... and never grows past this multiple of its first value
 ADAPTIVE_UPDATE_EVERY = 4  # Z-steps every this many optimizer steps when rho adapts
 
 
@@ -238,6 +240,7 @@ class ADMMHook(Hook):
         self.history: list[dict[str, Any]] = []
         self.dual_residual = 0.0
         self._start_residual: float | None = None  # ||W0 - Z0|| / ||W0|| (adaptive rho's path)
+        self._start_rho: float | None = None  # an adaptive rho's first value (its growth cap)
         self._epochs = 1  # epochs in this ADMM phase (adaptive rho's path)
         self._epoch_steps = 0  # optimizer steps per epoch, once the first epoch has ended
         self._params: dict[str, nn.Parameter] = {}
@@ -285,9 +288,17 @@ class ADMMHook(Hook):
     def steer_(self, relative: float, progress: float, *, cap: float = math.inf) -> None:
         """Steer an adaptive rho along the residual path (module doc): ``relative`` is the
         residual ``||W - Z|| / ||W||`` now, ``progress`` the fraction of the ADMM phase done
-        (0..1), ``cap`` the largest rho the optimizer follows stably (:func:`stable_rho`)."""
+        (0..1), ``cap`` the largest rho the optimizer follows stably (:func:`stable_rho`).
+
+        Adam-type optimizers have no such bound, but past the point where the penalty
+        outweighs the loss a larger rho no longer changes their normalised steps, so the
+        residual cannot follow a path faster than ``lr`` per step allows; rho then stops at
+        ``RHO_MAX_GROWTH`` times its first value instead of doubling until it overflows
+        (LeNet-5 at 99.3% with Adam did)."""
         if self.config.rho is not None or self.rho is None:
             return
+        if self._start_rho is not None:
+            cap = min(cap, self._start_rho * RHO_MAX_GROWTH)
         start = max(self._start_residual or relative, RESIDUAL_GOAL)
         path = start * (RESIDUAL_GOAL / start) ** min(max(progress, 0.0), 1.0)
         if relative > path:
@@ -303,6 +314,7 @@ class ADMMHook(Hook):
         gap = math.sqrt(sum(float((weights[n] - self.Z[n] + self.U[n]).pow(2).sum())
                             for n in self.names))  # fmt: skip
         self.rho = grad / gap if grad > 0 and gap > 0 else 1.0
+        self._start_rho = self.rho
         logger.info("admm: adaptive rho starts at %.4g (||grad|| %.4g, ||W - Z|| %.4g)",
                     self.rho, grad, gap)  # fmt: skip
 
@@ -354,6 +366,7 @@ class ADMMHook(Hook):
             "start_epoch": self._start_epoch,
             "history": self.history,
             "start_residual": self._start_residual,
+            "start_rho": self._start_rho,
             "epoch_steps": self._epoch_steps,
         }
 
@@ -371,6 +384,7 @@ class ADMMHook(Hook):
         self._start_epoch = int(state["start_epoch"])
         self.history = copy.deepcopy(list(state["history"]))
         self._start_residual = state.get("start_residual")
+        self._start_rho = state.get("start_rho")
         self._epoch_steps = int(state.get("epoch_steps") or 0)
         self._resumed = True
 
