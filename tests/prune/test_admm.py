@@ -228,6 +228,55 @@ def test_adaptive_rho_converges_on_the_convex_toy_without_a_schedule():
     assert hook.history[0]["rho"] > 0.5
 
 
+def test_adaptive_rho_under_adam_takes_a_decoupled_proximal_step_and_converges():
+    """Under Adam the adaptive penalty takes its own proximal step after each optimizer step
+    (the test below checks the step): W still reaches the projected optimum on the convex toy."""
+    g = torch.Generator().manual_seed(0)
+    a, b = _separated((8, 10), 0.3, g), _separated((6, 5), 0.3, g)
+    model = Quadratic(a, b)
+    with torch.no_grad():
+        model.lin.weight.copy_(0.5 * a + 0.1)
+        model.lin2.weight.copy_(0.5 * b - 0.1)
+    cfg = ADMMConfig(ratio=0.7, epochs=6, stages=2, update_every=20, retrain_epochs=0)
+    names = ["lin.weight", "lin2.weight"]
+    hook = ADMMHook(names, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    Trainer(model, opt, lambda m, _: m.loss(), hooks=[hook]).fit([None] * 100, epochs=cfg.epochs)
+    optimum = project_global({"lin.weight": a, "lin2.weight": b}, 0.7)
+    for n, target, w in (("lin.weight", a, model.lin.weight), ("lin2.weight", b, model.lin2.weight)):
+        torch.testing.assert_close(hook.Z[n], target * optimum[n], atol=1e-2, rtol=0)
+        torch.testing.assert_close(w.detach(), hook.Z[n], atol=2e-2, rtol=0)
+    assert hook.history[-1]["relative_residual"] < 0.02
+    assert hook.history[-1]["relative_residual"] < hook.history[0]["relative_residual"] / 5
+
+
+def test_the_decoupled_step_leaves_the_gradient_and_moves_w_by_the_exact_prox():
+    from types import SimpleNamespace
+
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 0.5, 0.1]))
+    opt = torch.optim.Adam([w], lr=0.1)
+    hook = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))
+    state = SimpleNamespace(model=None, optimizer=opt)
+    hook._params = {"w": w}
+    hook.init_({"w": w})
+    hook.U["w"] = torch.tensor([0.0, 0.0, 0.2, -0.1])
+    w.grad = torch.tensor([0.0, 0.0, 3.0, 4.0])
+    hook.after_backward(state)
+    torch.testing.assert_close(w.grad, torch.tensor([0.0, 0.0, 3.0, 4.0]))  # loss's alone
+    rho = hook.rho
+    assert rho == pytest.approx(5.0 / float(torch.tensor([0.7, 0.0]).norm()))
+    before = w.detach().clone()
+    hook.config = ADMMConfig(ratio=0.5, epochs=1, stages=1, update_every=0)  # no Z-step here
+    hook.after_step(state)
+    a = 0.1 * rho
+    expected = (before + a * (hook.Z["w"] - hook.U["w"])) / (1 + a)
+    torch.testing.assert_close(w.detach(), expected)
+    sgd = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))
+    assert not sgd._decoupled(torch.optim.SGD([w], lr=0.1))  # SGD: the penalty in the gradient
+    fixed = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1, rho=0.3))
+    assert not fixed._decoupled(opt)  # a given rho: ADAM-ADMM, in the gradient
+
+
 def test_adaptive_rho_starts_at_the_gradient_to_gap_ratio_and_follows_the_residual_path():
     w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 0.5, 0.1]))
     hook = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))

@@ -26,7 +26,13 @@ on the non-convex sparsity constraint a smaller rho lets the scaled dual U pile 
 weights until they outrank kept ones and Z flips (seen on a convex toy too: rho halved when
 ahead of the path fell below the level that holds the right support).
 So the cut weights fade out over the whole phase instead of all at once,
-and the hard prune at the end changes little. A fixed schedule (a number) grows by
+and the hard prune at the end changes little. Under an Adam-type optimizer an adaptive rho's
+penalty is decoupled from the optimizer, as AdamW decouples weight decay: after each step the
+weights take the penalty's exact proximal step ``W <- (W + a (Z - U)) / (1 + a)`` with
+``a = lr * rho``. Through Adam's normalised steps a weight moves at most about ``lr`` per step
+whatever rho is, so the primal could not keep up with U and the residual grew instead of
+falling (LeNet-5 at 99.3%: 1.88 at the cut, 89.6% held-out top-1); the proximal step is stable
+for any rho. A fixed rho keeps the penalty in the gradient under every optimizer (ADAM-ADMM). A fixed schedule (a number) grows by
 ``rho_growth`` at each stage instead. ``ratios`` may grow too (progressive ADMM). Whenever
 ``rho`` changes, the scaled dual ``U`` is rescaled by ``rho_old / rho_new`` (Boyd et al. 2011,
 3.4.1) so the unscaled multiplier is unchanged. Measured on yolov3-tiny (``admm-filter``, 30%):
@@ -402,10 +408,31 @@ class ADMMHook(Hook):
             self.Z = {n: z.to(self._params[n].device) for n, z in self.Z.items()}
             self.U = {n: u.to(self._params[n].device) for n, u in self.U.items()}
 
+    def _decoupled(self, optimizer: torch.optim.Optimizer) -> bool:
+        """An adaptive rho under an Adam-type optimizer: the penalty takes its own proximal
+        step after the optimizer's (module doc)."""
+        return self.config.rho is None and any("betas" in g for g in optimizer.param_groups)
+
     def after_backward(self, state: TrainState) -> None:
-        self.add_penalty_grad_(self._params)
+        if not self._decoupled(state.optimizer):
+            self.add_penalty_grad_(self._params)
+        elif self.rho is None:  # the first step: rho from the loss's gradients
+            self.start_rho_(self._params)
+
+    @torch.no_grad()
+    def prox_step_(self, optimizer: torch.optim.Optimizer) -> None:
+        """``W <- (W + a (Z - U)) / (1 + a)``, ``a = lr * rho`` with each weight's current lr:
+        the exact minimiser of ``rho/2 ||W - Z + U||^2 + ||W - W_now||^2 / (2 lr)``."""
+        lrs = {id(q): float(g["lr"]) for g in optimizer.param_groups for q in g["params"]}
+        for n in self.names:
+            w = self._params[n]
+            a = lrs.get(id(w), 0.0) * (self.rho or 0.0)
+            if a > 0:
+                w.mul_(1.0 / (1.0 + a)).add_(self.Z[n] - self.U[n], alpha=a / (1.0 + a))
 
     def after_step(self, state: TrainState) -> None:
+        if self._decoupled(state.optimizer):
+            self.prox_step_(state.optimizer)
         every = self.config.update_every
         if every and state.step % every == every - 1:
             self._update_and_log(state)
