@@ -127,9 +127,12 @@ def prune(point: Path, recipe: Path, cfg: str, weights: Path, data: Path, method
 
 
 def compare(val: Path, ours: Path, rival: Path) -> dict:
-    """Paired bootstrap of AP50, ours minus rival, over the val images."""
+    """Paired bootstrap of AP50, ours minus rival, over the val images; a kept result is
+    reused only if it is newer than both points' reports (a point run again is compared
+    again)."""
     out = rival / f"vs-{ours.name}.json"
-    if not out.is_file():
+    newest = max((d / "report.json").stat().st_mtime for d in (ours, rival))
+    if not out.is_file() or out.stat().st_mtime < newest:
         subprocess.run([sys.executable, "scripts/compare_points.py", "--data", str(val),
                         "--a", str(ours), "--b", str(rival), "--out", str(out)],
                        cwd=ROOT, check=True, capture_output=True)  # fmt: skip
