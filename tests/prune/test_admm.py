@@ -243,7 +243,10 @@ def test_adaptive_rho_under_adam_takes_a_decoupled_proximal_step_and_converges()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     Trainer(model, opt, lambda m, _: m.loss(), hooks=[hook]).fit([None] * 100, epochs=cfg.epochs)
     optimum = project_global({"lin.weight": a, "lin2.weight": b}, 0.7)
-    for n, target, w in (("lin.weight", a, model.lin.weight), ("lin2.weight", b, model.lin2.weight)):
+    for n, target, w in (
+        ("lin.weight", a, model.lin.weight),
+        ("lin2.weight", b, model.lin2.weight),
+    ):
         torch.testing.assert_close(hook.Z[n], target * optimum[n], atol=1e-2, rtol=0)
         torch.testing.assert_close(w.detach(), hook.Z[n], atol=2e-2, rtol=0)
     assert hook.history[-1]["relative_residual"] < 0.02

@@ -32,8 +32,9 @@ weights take the penalty's exact proximal step ``W <- (W + a (Z - U)) / (1 + a)`
 ``a = lr * rho``. Through Adam's normalised steps a weight moves at most about ``lr`` per step
 whatever rho is, so the primal could not keep up with U and the residual grew instead of
 falling (LeNet-5 at 99.3%: 1.88 at the cut, 89.6% held-out top-1); the proximal step is stable
-for any rho. A fixed rho keeps the penalty in the gradient under every optimizer (ADAM-ADMM). A fixed schedule (a number) grows by
-``rho_growth`` at each stage instead. ``ratios`` may grow too (progressive ADMM). Whenever
+for any rho. A fixed rho keeps the penalty in the gradient under every optimizer (ADAM-ADMM).
+A fixed schedule (a number) grows by ``rho_growth`` at each stage instead. ``ratios`` may grow
+too (progressive ADMM). Whenever
 ``rho`` changes, the scaled dual ``U`` is rescaled by ``rho_old / rho_new`` (Boyd et al. 2011,
 3.4.1) so the unscaled multiplier is unchanged. Measured on yolov3-tiny (``admm-filter``, 30%):
 a fixed ``rho`` of 1e-3 -> 0.1 against a YOLO loss of ~28 left the residual at 0.7 after 10
@@ -296,11 +297,10 @@ class ADMMHook(Hook):
         residual ``||W - Z|| / ||W||`` now, ``progress`` the fraction of the ADMM phase done
         (0..1), ``cap`` the largest rho the optimizer follows stably (:func:`stable_rho`).
 
-        Adam-type optimizers have no such bound, but past the point where the penalty
-        outweighs the loss a larger rho no longer changes their normalised steps, so the
-        residual cannot follow a path faster than ``lr`` per step allows; rho then stops at
-        ``RHO_MAX_GROWTH`` times its first value instead of doubling until it overflows
-        (LeNet-5 at 99.3% with Adam did)."""
+        Adam-type optimizers have no such bound (their proximal step is stable for any rho),
+        so rho also stops at ``RHO_MAX_GROWTH`` times its first value: a residual that cannot
+        follow the path would otherwise double it until float32 overflows (LeNet-5 at 99.3%
+        with the penalty in Adam's gradient did)."""
         if self.config.rho is not None or self.rho is None:
             return
         if self._start_rho is not None:
