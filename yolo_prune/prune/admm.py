@@ -411,7 +411,7 @@ class ADMMHook(Hook):
     def _decoupled(self, optimizer: torch.optim.Optimizer) -> bool:
         """An adaptive rho under an Adam-type optimizer: the penalty takes its own proximal
         step after the optimizer's (module doc)."""
-        return self.config.rho is None and any("betas" in g for g in optimizer.param_groups)
+        return self.config.rho is None and any(map(_normalised, optimizer.param_groups))
 
     def after_backward(self, state: TrainState) -> None:
         if not self._decoupled(state.optimizer):
@@ -572,6 +572,11 @@ def _expand(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
 
 
+def _normalised(group: Mapping[str, Any]) -> bool:
+    """An Adam-type parameter group (Adam, AdamW...): steps normalised by gradient moments."""
+    return "betas" in group
+
+
 def stable_rho(optimizer: torch.optim.Optimizer) -> float:
     """The largest rho an adaptive rho may reach under SGD (heavy ball): an eighth of the
     bound ``lr * rho < 2 * (1 + momentum)`` of a quadratic of curvature rho alone. The loss's
@@ -581,6 +586,6 @@ def stable_rho(optimizer: torch.optim.Optimizer) -> float:
     bounds = [
         (1 + float(g.get("momentum", 0.0))) / (4 * float(g["lr"]))
         for g in optimizer.param_groups
-        if "betas" not in g and float(g["lr"]) > 0
+        if not _normalised(g) and float(g["lr"]) > 0
     ]
     return min(bounds, default=math.inf)
