@@ -42,6 +42,17 @@ def test_the_soft_term_is_the_tempered_kl_to_the_teacher_and_trains_only_the_stu
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
 
 
+def test_labels_zero_leaves_the_soft_term_alone():
+    torch.manual_seed(2)
+    student, teacher = nn.Linear(6, 4), nn.Linear(6, 4)
+    x, y = _batch(2)
+    both = distilled_cross_entropy(teacher, weight=0.5)(student, (x, y))
+    alone = distilled_cross_entropy(teacher, weight=0.5, labels=0.0)(student, (x, y))
+    hard = F.cross_entropy(student(x), y)
+    assert alone.item() == pytest.approx((both - hard).item(), rel=1e-5)
+    assert alone.item() > 1e-4
+
+
 def test_train_classifier_refuses_a_weight_without_a_teacher():
     from yolo_prune.classify.train import ClassifyTrainConfig, train_classifier
     from yolo_prune.data.classification import ShuffledBatches
@@ -50,3 +61,5 @@ def test_train_classifier_refuses_a_weight_without_a_teacher():
     batches = ShuffledBatches(x, y, batch_size=4, shift=0, seed=0)
     with pytest.raises(ConfigError, match="needs a teacher"):
         train_classifier(nn.Flatten(), batches, ClassifyTrainConfig(), epochs=1, distill=1.0)
+    with pytest.raises(ConfigError, match="nothing to learn"):
+        train_classifier(nn.Flatten(), batches, ClassifyTrainConfig(), epochs=1, labels=0.0)

@@ -53,3 +53,25 @@ def test_train_with_a_teacher_logs_the_term_and_keeps_the_teacher(tmp_path, coco
         assert torch.equal(v, before[k]), k
     with pytest.raises(ConfigError, match="needs a teacher"):
         train_detector(config, model=copy.deepcopy(model))
+
+
+def test_labels_zero_trains_on_the_teacher_alone(tmp_path, coco8_two_classes):
+    torch.manual_seed(0)
+    model = Darknet.from_cfg(TINY_CFG, size=64)
+    teacher = copy.deepcopy(model)
+    figures = {}
+    for labels in (1.0, 0.0):
+        config = TrainConfig(cfg=TINY_CFG, data=coco8_two_classes, out=tmp_path / f"l{labels}",
+                             epochs=1, size=64, batch_size=2, ema=False, distill=1.0,
+                             labels=labels)  # fmt: skip
+        figures[labels] = train_detector(config, model=copy.deepcopy(model), teacher=teacher)[
+            "history"
+        ][-1]
+    # the label terms are still measured (box, obj, cls), but only the teacher's term is learnt
+    assert figures[0.0]["obj"] > 0
+    assert figures[0.0]["loss"] == pytest.approx(figures[0.0]["distill"], rel=1e-6)
+    assert figures[1.0]["loss"] > figures[1.0]["distill"] * 1.01
+    with pytest.raises(ConfigError, match="nothing to learn"):
+        TrainConfig(cfg=TINY_CFG, data=coco8_two_classes, out=tmp_path, epochs=1, labels=0.0)
+    with pytest.raises(ConfigError, match="labels=-1"):
+        TrainConfig(cfg=TINY_CFG, data=coco8_two_classes, out=tmp_path, epochs=1, labels=-1.0)

@@ -77,25 +77,40 @@ def test_a_classifier_recipe_with_distill_trains_against_the_frozen_dense_model(
     seen = []
     real = classify_train.distilled_cross_entropy
 
-    def spy(teacher, weight):
-        loss = real(teacher, weight)
-        seen.append((teacher, weight, teacher.training))  # set to eval mode for the loss
+    def spy(teacher, weight, labels=1.0):
+        loss = real(teacher, weight, labels)
+        seen.append((teacher, weight, labels, teacher.training))  # eval mode for the loss
         return loss
 
     monkeypatch.setattr(classify_train, "distilled_cross_entropy", spy)
     out = tmp_path / "kd"
     code = main(["prune", "--cfg", str(repo_cfg / "lenet5.cfg"), "--data", str(small_mnist),
                  "--recipe", str(lenet_recipe), "--method", "magnitude", "--set", "distill=0.5",
-                 "--out", str(out), "--no-latency", "--no-progress",
-                 "--no-deploy"])  # fmt: skip
+                 "--set", "methods.magnitude.labels=0", "--out", str(out), "--no-latency",
+                 "--no-progress", "--no-deploy"])  # fmt: skip
     assert code == 0
     # the dense phase trains on labels only; the fine-tuning after the cut has the teacher
-    assert [(w, training) for _, w, training in seen] == [(0.5, False)]
+    # alone (the variant's labels=0)
+    assert [(w, lab, training) for _, w, lab, training in seen] == [(0.5, 0.0, False)]
     teacher = seen[0][0]
     dense, _ = load_model(repo_cfg / "lenet5.cfg", out / "dense.weights")
     for a, b in zip(teacher.state_dict().values(), dense.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # the dense model, never trained further
     assert "distill: 0.5" in (out / "config.yaml").read_text()
+    assert "labels: 0.0" in (out / "config.yaml").read_text()
+
+
+def test_labels_zero_without_a_teacher_is_one_line_before_any_work(
+    small_mnist, lenet_recipe, repo_cfg, tmp_path, capsys
+):
+    out = tmp_path / "none"
+    code = main(["prune", "--cfg", str(repo_cfg / "lenet5.cfg"), "--data", str(small_mnist),
+                 "--recipe", str(lenet_recipe), "--method", "magnitude", "--set", "labels=0",
+                 "--out", str(out), "--no-latency", "--no-progress"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "labels=0 and no distill weight leave nothing to learn" in err[0]
+    assert not out.exists()
 
 
 def test_lenet5_sweep_runs_each_variant_at_its_own_ratio_from_one_dense_model(

@@ -130,6 +130,21 @@ def test_torch_pruning_choice_becomes_whole_groups_at_the_ratio_and_shrinks_exac
         torch.testing.assert_close(small(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_round_to_keeps_multiples_of_it_in_every_pruned_layer(repo_cfg, tp):
+    """Torch-Pruning's own round_to: each layer it cuts keeps a multiple of 8 filters (ONNX
+    Runtime's blocked kernels); without it, some layer keeps another count."""
+    kept = {}
+    for round_to in (1, 8):
+        model = _model("yolov3-tiny.cfg", repo_cfg)
+        result = build_pruner("torch-pruning", {"ratio": 0.3, "round_to": round_to}).run(
+            model, fit=None
+        )
+        kept[round_to] = [int(m.flatten(1).any(1).sum()) for m in result.masks.values()
+                          if not bool(m.all())]  # fmt: skip
+    assert kept[8] and all(k % 8 == 0 for k in kept[8])
+    assert any(k % 8 for k in kept[1])
+
+
 def test_the_ratio_counts_filters_not_torch_pruning_channels(detector, tp):
     """A shortcut ties filter pairs: Torch-Pruning counts a pair once, the ratio counts two."""
     result = build_pruner("torch-pruning", {"ratio": 0.5}).run(detector.model(), fit=None)
@@ -267,6 +282,7 @@ def test_a_model_torch_pruning_cannot_trace_is_a_prune_error(tp):
             "torch-pruning.importance='fisher'; choose one of: magnitude, taylor",
         ),
         ({"ratio": 0.3, "epochs": -1}, "torch-pruning.epochs=-1; expected an integer >= 0"),
+        ({"ratio": 0.3, "round_to": 0}, "round_to=0; expected a positive integer"),
     ],
 )
 def test_bad_options_are_refused(options, message):

@@ -86,8 +86,9 @@ def build_optimizer(model: nn.Module, config: ClassifyTrainConfig) -> torch.opti
 TEMPERATURE = 4.0  # softening of both models' logits in the distillation term
 
 
-def distilled_cross_entropy(teacher: nn.Module, weight: float) -> LossFn:
-    """Cross-entropy on the labels plus ``weight`` times the teacher's soft targets.
+def distilled_cross_entropy(teacher: nn.Module, weight: float, labels: float = 1.0) -> LossFn:
+    """``labels`` times the cross-entropy on the labels plus ``weight`` times the teacher's
+    soft targets (``labels`` 0: the teacher alone).
 
     The soft term is Hinton et al. (2015)'s: KL divergence from the teacher's to the student's
     class distribution, both at temperature :data:`TEMPERATURE`, scaled by its square so its
@@ -96,14 +97,15 @@ def distilled_cross_entropy(teacher: nn.Module, weight: float) -> LossFn:
     teacher.eval().requires_grad_(False)
 
     def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        inputs, labels = batch
+        inputs, targets = batch
         logits = model(inputs)
         with torch.no_grad():
             taught = teacher(inputs).float()
         soft = F.kl_div(F.log_softmax(logits.float() / TEMPERATURE, dim=1),
                         F.log_softmax(taught / TEMPERATURE, dim=1),
                         reduction="batchmean", log_target=True)  # fmt: skip
-        return F.cross_entropy(logits, labels) + weight * TEMPERATURE**2 * soft
+        hard = F.cross_entropy(logits, targets) if labels else logits.new_zeros(())
+        return labels * hard + weight * TEMPERATURE**2 * soft
 
     return loss
 
@@ -118,16 +120,22 @@ def train_classifier(
     device: torch.device | str = "cpu",
     teacher: nn.Module | None = None,
     distill: float = 0.0,
+    labels: float = 1.0,
 ) -> dict[str, float]:
     """Train ``model`` in place for ``epochs`` epochs of ``batches``; the last epoch's figures.
 
     ``batches`` is re-augmented with ``config.shift``/``config.flip`` (a phase may set its own).
     The caller's ``hooks`` run first (a pruning mask must see each step before anything reads
     the weights), then the schedule and the loss log. With ``distill > 0`` the loss adds the
-    ``teacher``'s soft targets (:func:`distilled_cross_entropy`).
+    ``teacher``'s soft targets (:func:`distilled_cross_entropy`); ``labels`` weighs the
+    cross-entropy on the labels (0 with ``distill``: the teacher alone).
     """
     if distill < 0 or not math.isfinite(distill):
         raise ConfigError(f"distill={distill}; expected a weight >= 0")
+    if labels < 0 or not math.isfinite(labels):
+        raise ConfigError(f"labels={labels}; expected a weight >= 0")
+    if labels == 0 and not distill:
+        raise ConfigError("labels=0 and distill=0 leave nothing to learn; set one above 0")
     if distill and teacher is None:
         raise ConfigError(f"distill={distill} needs a teacher model")
     batches.shift, batches.flip = config.shift, config.flip
@@ -142,7 +150,7 @@ def train_classifier(
     trainer = Trainer(
         model,
         optimizer,
-        distilled_cross_entropy(teacher, distill) if distill else cross_entropy_loss,
+        distilled_cross_entropy(teacher, distill, labels) if distill else cross_entropy_loss,
         hooks=[*hooks, *extra],
         device=device,
         max_steps_per_epoch=config.steps_per_epoch,

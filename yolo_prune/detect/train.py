@@ -109,6 +109,8 @@ class TrainConfig:
     progress: bool = False  # tqdm progress bars
     max_steps: int | None = None  # stop after this many optimizer steps in all (tests)
     distill: float = 0.0  # weight of imitating a teacher's heads (train_detector(teacher=...))
+    labels: float = 1.0  # weight of the YOLO loss on the labelled boxes; 0 with distill > 0:
+    # learn from the teacher alone (a pruned model on few images: the labels overfit)
     recalibrate_bn: int = 64  # training images (un-augmented) that re-estimate the batch-norm
     # statistics of the evaluated and saved weights before each validation and at the end
     # (yolo_prune.engine.batchnorm); 0: keep the running averages, which lag the weights
@@ -132,6 +134,10 @@ class TrainConfig:
             raise ConfigError(f"bn_momentum={self.bn_momentum}; expected (0, 1]")
         if not (self.distill >= 0 and math.isfinite(self.distill)):
             raise ConfigError(f"distill={self.distill}; expected a weight >= 0")
+        if not (self.labels >= 0 and math.isfinite(self.labels)):
+            raise ConfigError(f"labels={self.labels}; expected a weight >= 0")
+        if self.labels == 0 and self.distill == 0:
+            raise ConfigError("labels=0 and distill=0 leave nothing to learn; set one above 0")
         if self.recalibrate_bn < 0:
             raise ConfigError(f"recalibrate_bn={self.recalibrate_bn}; expected images >= 0")
         if self.val_every < 1 or self.checkpoint_every < 0 or self.workers < 0:
@@ -407,6 +413,7 @@ def train_detector(
         images, targets = batch
         heads = forward(images)
         loss, p = yolo_loss(heads, targets, (images.shape[-2], images.shape[-1]))
+        loss = config.labels * loss
         if teacher is not None:
             with torch.no_grad():
                 taught = teacher(images)

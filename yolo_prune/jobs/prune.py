@@ -37,7 +37,13 @@ from torch import nn
 
 from yolo_prune.engine.distributed import dist_info
 from yolo_prune.errors import ConfigError
-from yolo_prune.jobs.recipe import to_yaml, variant_distill, variant_options, variant_refit
+from yolo_prune.jobs.recipe import (
+    to_yaml,
+    variant_distill,
+    variant_labels,
+    variant_options,
+    variant_refit,
+)
 from yolo_prune.jobs.tasks import Task, TaskInputs, build_task
 from yolo_prune.prune.masks import MaskHook, apply_masks_
 from yolo_prune.utils.io import atomic_write_text
@@ -97,8 +103,10 @@ def merged_config(recipe: Mapping[str, Any], name: str) -> str:
     still holds)."""
     method, options = variant_options(recipe, name)
     distill = variant_distill(recipe, name)
+    labels = variant_labels(recipe, name)
     refit = variant_refit(recipe, name)
     ran = {"method": method, **options, **({"distill": distill} if distill else {}),
+           **({"labels": labels} if labels != 1 else {}),
            **({"refit": refit} if refit else {})}  # fmt: skip
     keep = {k: v for k, v in recipe.items() if not k.startswith("_")}
     return to_yaml({**keep, "method": name, "methods": {name: ran}})
@@ -206,6 +214,7 @@ def make_fit(
     recipe: Mapping[str, Any],
     teacher: nn.Module | None,
     distill: float,
+    labels: float,
     refit: int,
     dense: nn.Module | None,
     phases: list[dict[str, Any]],
@@ -238,7 +247,7 @@ def make_fit(
                     logger.info("%d pruned channel groups folded before %s", len(folded), phase)
         settings = {**phase_settings(recipe, phase), **config.extra_train}
         last = task.fit(model, phase, epochs, hooks, settings=settings, teacher=teacher,
-                        distill=distill, out=config.out / "phases" / phase,
+                        distill=distill, labels=labels, out=config.out / "phases" / phase,
                         resume=config.resume)  # fmt: skip
         for masks in masked:  # an EMA of masked weights keeps the zeros; re-assert them anyway
             apply_masks_(model, masks)
@@ -270,6 +279,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         recipe = {**recipe, "ratio": 0.3}  # provisional: the FLOPs target sets the ratio
     method, options = variant_options(recipe, config.method)
     distill = variant_distill(recipe, config.method)
+    labels = variant_labels(recipe, config.method)
     refit = variant_refit(recipe, config.method) if config.data is not None else 0
     pruner = build_pruner(method, options)  # validates the options before any work
     main = dist_info(config.device).is_main  # under torchrun, rank 0 alone writes and reports
@@ -317,7 +327,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     cut = _Cut()
     teacher = frozen if distill else None
     fit = make_fit(config, task, model, recipe=recipe, teacher=teacher, distill=distill,
-                   refit=refit, dense=frozen, phases=phases, cut=cut)  # fmt: skip
+                   labels=labels, refit=refit, dense=frozen, phases=phases, cut=cut)  # fmt: skip
     score = (lambda: task.score(model)) if config.val is not None else None
     result = pruner.run(model, fit=fit, evaluate=score, importance=importance)
     if not main:  # the rest only reports: evaluations, files, timing

@@ -11,6 +11,8 @@ A recipe (``cfg/recipes/<model>.yaml``) reads::
     phases: {admm: {lr: 0.001}, retrain: {}}     # per-phase overrides of `train`
     distill: 0.0                    # weight of the dense model as a teacher (0: off); a
                                     #   variant may set its own `distill`
+    labels: 1.0                     # weight of the loss on the labels (0 with distill > 0:
+                                    #   learn from the teacher alone); per variant too
     refit: 0                        # after removing channels, refit the shrunk model to the
                                     #   dense one on this many training images by least
                                     #   squares (one-shot channel pruning; 0: off); per variant too
@@ -74,6 +76,7 @@ TOP_KEYS = {
     "train": "fine-tuning settings (TrainConfig fields)",
     "phases": "per-phase overrides of `train`",
     "distill": "weight of the dense teacher's loss (0: off)",
+    "labels": "weight of the loss on the labels (0 with distill: the teacher alone)",
     "refit": "training images for the least-squares refit of the shrunk model (0: off)",
     "methods": "list of named method variants",
     "dense_epochs": "train the dense model this many epochs when no --weights is given "
@@ -84,7 +87,7 @@ TOP_KEYS = {
 # Phase names a recipe's `phases` may hold besides the methods' own (see `known_phases`).
 JOB_PHASES = {"default": "phases with no entry of their own", "dense": "the dense training"}
 # Keys of a method variant that the job reads itself (the rest configure the method).
-_JOB_VARIANT_KEYS = {"method", "distill", "refit"}
+_JOB_VARIANT_KEYS = {"method", "distill", "labels", "refit"}
 
 
 def train_keys() -> set[str]:
@@ -184,8 +187,8 @@ def normalise(data: Mapping[str, Any], *, where: str = "recipe") -> dict[str, An
         by_name[name] = entry
     out["methods"] = by_name
     for key, kind in (("ratio", (int, float)), ("size", int), ("distill", (int, float)),
-                      ("refit", int), ("flops", (int, float)), ("dense_epochs", int),
-                      ("budget_epochs", int)):  # fmt: skip
+                      ("labels", (int, float)), ("refit", int), ("flops", (int, float)),
+                      ("dense_epochs", int), ("budget_epochs", int)):  # fmt: skip
         value = out.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
@@ -272,6 +275,22 @@ def variant_distill(recipe: Mapping[str, Any], name: str) -> float:
     value = entry.get("distill", recipe.get("distill")) or 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(f"methods.{name}.distill={value!r}; expected a weight >= 0")
+    return float(value)
+
+
+def variant_labels(recipe: Mapping[str, Any], name: str) -> float:
+    """Weight of the loss on the labels for the variant ``name``: its own ``labels``, else the
+    recipe's, else 1. 0 trains on the teacher alone, so it needs a ``distill`` weight."""
+    entry = recipe["methods"].get(name) or {}
+    value = entry.get("labels", recipe.get("labels"))
+    value = 1.0 if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"methods.{name}.labels={value!r}; expected a weight >= 0")
+    if value == 0 and not variant_distill(recipe, name):
+        raise ConfigError(
+            f"methods.{name}: labels=0 and no distill weight leave nothing to learn; "
+            "set distill above 0 (the dense model as a teacher) or labels above 0"
+        )
     return float(value)
 
 

@@ -67,7 +67,7 @@ class Task(Protocol):
 
     def fit(self, model: nn.Module, phase: str, epochs: int, hooks: Sequence[Any], *,
             settings: Mapping[str, Any], teacher: nn.Module | None, distill: float,
-            out: Path, resume: bool = False) -> dict[str, Any]:  # fmt: skip
+            out: Path, labels: float = 1.0, resume: bool = False) -> dict[str, Any]:  # fmt: skip
         """Train ``model`` in place (with ``resume``: continue from ``out``'s checkpoint);
         returns the last epoch's figures."""
         ...
@@ -191,7 +191,8 @@ class DetectionTask:
     metric = "AP50"
     resumable = True  # its phases checkpoint (train_detector), so a killed job can continue
     _JOB_OWNED = frozenset({"cfg", "data", "out", "epochs", "weights", "val", "resume",
-                            "max_steps", "size", "device", "progress", "distill"})  # fmt: skip
+                            "max_steps", "size", "device", "progress", "distill",
+                            "labels"})  # fmt: skip
 
     def __init__(self, inputs: TaskInputs, *, letterbox: bool | None = None):
         self.inputs = inputs
@@ -223,14 +224,14 @@ class DetectionTask:
 
     def fit(self, model: nn.Module, phase: str, epochs: int, hooks: Sequence[Any], *,
             settings: Mapping[str, Any], teacher: nn.Module | None, distill: float,
-            out: Path, resume: bool = False) -> dict[str, Any]:  # fmt: skip
+            out: Path, labels: float = 1.0, resume: bool = False) -> dict[str, Any]:  # fmt: skip
         from yolo_prune.detect.train import TrainConfig, train_detector
 
         config = _check_dataclass(
             TrainConfig, settings, f"train settings of phase {phase!r}", cfg=self.inputs.cfg,
             data=self._data(), out=out, epochs=epochs, size=model.input_shape[1],
             device=self.inputs.device, progress=self.inputs.progress, distill=distill,
-            resume=resume,
+            labels=labels, resume=resume,
         )  # fmt: skip
         result = train_detector(config, hooks=hooks, model=model, teacher=teacher)
         if result["ema"] is not None:  # continue from (and prune) the averaged weights
@@ -360,7 +361,7 @@ class ClassificationTask:
 
     def fit(self, model: nn.Module, phase: str, epochs: int, hooks: Sequence[Any], *,
             settings: Mapping[str, Any], teacher: nn.Module | None, distill: float,
-            out: Path, resume: bool = False) -> dict[str, Any]:  # fmt: skip
+            out: Path, labels: float = 1.0, resume: bool = False) -> dict[str, Any]:  # fmt: skip
         from yolo_prune.classify.train import train_classifier
 
         config = self._config(settings)
@@ -369,7 +370,7 @@ class ClassificationTask:
             self._batches.batch_size = config.batch_size
         figures = train_classifier(model, self._batches, config, epochs=epochs, hooks=hooks,
                                    device=self.inputs.device, teacher=teacher,
-                                   distill=distill)  # fmt: skip
+                                   distill=distill, labels=labels)  # fmt: skip
         figures["val_top1"] = self.score(model)
         logger.info("phase %s: %d epochs, val top-1 %.4f", phase, epochs, figures["val_top1"])
         return figures

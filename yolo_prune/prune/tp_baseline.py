@@ -67,7 +67,7 @@ from torch import nn
 from yolo_prune.errors import PruneError
 from yolo_prune.prune.base import PruneResult, check_epochs, prepare_targets
 from yolo_prune.prune.importance import ImportanceFn
-from yolo_prune.prune.projections import Group, check_ratio, sparsity
+from yolo_prune.prune.projections import Group, check_ratio, check_round_to, sparsity
 from yolo_prune.prune.pruner import Callbacks, Pruner
 from yolo_prune.prune.structured import model_channel_groups
 from yolo_prune.prune.targets import TargetConfig, candidate_names
@@ -85,6 +85,7 @@ class TorchPruningConfig:
     ratio: float  # fraction of the prunable groups' filters to remove, in [0, 1)
     importance: str = "magnitude"  # magnitude (group L2 norm) | taylor (|w * dL/dw|, on data)
     epochs: int = 0  # masked fine-tuning epochs (0: one-shot, no training)
+    round_to: int = 1  # Torch-Pruning's own round_to: pruned layers keep multiples of this
     targets: TargetConfig = field(default_factory=TargetConfig)  # which weights are pruned
 
     # the names of the fit() phases it runs (a recipe's `phases` keys)
@@ -106,6 +107,7 @@ class TorchPruningConfig:
                 f"{', '.join(IMPORTANCES)}"
             )
         check_epochs(self.epochs, "torch-pruning.epochs")
+        check_round_to(self.round_to)
 
 
 def import_torch_pruning() -> ModuleType:
@@ -191,6 +193,7 @@ class _Selector:
         importance: str,
         gradients: ImportanceFn | None,
         saved: dict[str, torch.Tensor] | None = None,
+        round_to: int = 1,
     ):
         input_shape = getattr(model, "input_shape", None)
         if input_shape is None:
@@ -199,6 +202,7 @@ class _Selector:
                 "say its input shape (model.input_shape, (C, H, W))"
             )
         self.tp = tp
+        self.round_to = round_to
         self.net = copy.deepcopy(model)  # in the model's mode, for the importance callback
         if importance == "taylor":
             if gradients is None:
@@ -241,6 +245,7 @@ class _Selector:
                     global_pruning=True,
                     pruning_ratio=ratio,
                     ignored_layers=self.ignored,
+                    round_to=self.round_to if self.round_to > 1 else None,
                 )
         except Exception as exc:  # any failure of a third-party tracer is a result to record
             raise PruneError(f"torch-pruning could not trace the model: {_one_line(exc)}") from exc
@@ -294,6 +299,7 @@ def torch_pruning_masks(
     importance: str = "magnitude",
     gradients: ImportanceFn | None = None,
     saved_gradients: dict[str, torch.Tensor] | None = None,
+    round_to: int = 1,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Keep-masks of the targets ``names`` as Torch-Pruning chooses them (module docstring).
 
@@ -308,6 +314,8 @@ def torch_pruning_masks(
         saved_gradients: for "taylor", a dict that keeps the measured gradients for the next
             call on the same weights (filled by the first call, used by the later ones: a
             search over ratios measures them once).
+        round_to: Torch-Pruning's ``round_to`` (1: none): each pruned layer keeps a multiple
+            of this many channels, as ``channel``'s ``round_to``.
 
     Returns:
         ``name -> bool`` masks shaped like the weights, False on removed filters (whole groups
@@ -327,7 +335,7 @@ def torch_pruning_masks(
     started = time.perf_counter()
     groups = model_channel_groups(model, names)
     selector = _Selector(tp, model, names, groups, importance=importance, gradients=gradients,
-                         saved=saved_gradients)  # fmt: skip
+                         saved=saved_gradients, round_to=check_round_to(round_to))  # fmt: skip
     total = sum(len(g) for g in groups)
     target = round(ratio * total)
     tried = {0: selector.choose(0)}
@@ -343,12 +351,13 @@ def torch_pruning_masks(
             lo = mid
     fits = [c for c in tried.values() if c.emptied is None]
     best = min(fits, key=lambda c: (abs(c.removed - target), c.removed < target, c.tp_channels))
-    largest = max((len(g) for g in groups), default=1)
+    # within one group of the target; with round_to, within one run of round_to groups
+    largest = max((len(g) for g in groups), default=1) * round_to
     if abs(best.removed - target) > largest:
         raise PruneError(
             f"ratio {ratio} asks for {target:,} of {total:,} channels; torch-pruning's choices "
-            f"come no nearer than {best.removed:,} (it leaves every layer a channel, and groups "
-            "it splits are kept); lower the ratio"
+            f"come no nearer than {best.removed:,} (it leaves every layer a channel, groups it "
+            "splits are kept, and round_to rounds); lower the ratio"
         )
     info = {
         "importance": importance,
@@ -382,7 +391,7 @@ class TorchPruningPruner(Pruner):
         names, _ = prepare_targets(model, self.config.targets, None)
         masks, _ = torch_pruning_masks(
             model, names, ratio, importance=self.config.importance, gradients=importance,
-            saved_gradients=self._gradients_of(model),
+            saved_gradients=self._gradients_of(model), round_to=self.config.round_to,
         )  # fmt: skip
         return masks
 
@@ -400,7 +409,7 @@ class TorchPruningPruner(Pruner):
         names, _ = prepare_targets(model, cfg.targets, None)
         masks, info = torch_pruning_masks(
             model, names, cfg.ratio, importance=cfg.importance, gradients=calls.importance,
-            saved_gradients=self._gradients_of(model),
+            saved_gradients=self._gradients_of(model), round_to=cfg.round_to,
         )  # fmt: skip
         masks = {n: m.to(model.get_parameter(n).device) for n, m in masks.items()}
         calls.apply_and_finetune(model, masks, "finetune-1", cfg.epochs)
