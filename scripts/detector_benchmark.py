@@ -2,15 +2,18 @@
 """Pruning methods side by side on real detectors, at equal cost, with the same fine-tuning.
 
     .venv/bin/python scripts/detector_benchmark.py [--out runs/detector_benchmark]
-        [--models yolov3-tiny,yolo-fastest] [--epochs 5] [--admm-epochs 5]
+        [--models yolov3-tiny,yolo-fastest] [--epochs 5] [--admm-epochs 5] [--labels 0]
+        [--round-to 8]
         [--flops 0.65,0.45] [--ratios 0.5,0.7,0.9] [--parts structured,unstructured]
 
 For each model (real COCO weights, input 320, fine-tuned on the 128 coco128 train images,
 scored on its 64 val images), every point is one ``yolo-prune prune`` run of a recipe the script
 writes (``<out>/<model>/recipe.yaml``: the model's own ``train`` settings, and for every method
-the same ``--epochs`` of masked fine-tuning, the same dense-teacher distillation and the same
-least-squares refit of a structured cut on 32 training images), so the methods differ only in
-how they choose what to remove:
+the same ``--epochs`` of masked fine-tuning, the same dense-teacher distillation (by default
+from the teacher alone, ``--labels 0``: the labels of 128 images overfit), a least-squares
+refit on 32 training images of every one-shot structured cut (none after ADMM, whose training
+leads up to its cut) and the same multiples of ``--round-to`` channels), so the methods differ
+only in how they choose what to remove:
 
 * structured, at each ``--flops`` target (the fraction of the dense FLOPs the shrunk model keeps;
   ``prune --flops`` searches each method's ratio): ``ours`` (``admm-filter``: global structured
@@ -63,28 +66,32 @@ STRUCTURED = ("ours", "l1", "bn", "tp-magnitude", "tp-taylor")
 UNSTRUCTURED = ("ours-u", "magnitude")
 
 
-def bench_recipe(model: str, epochs: int, admm_epochs: int) -> dict:
+def bench_recipe(model: str, epochs: int, admm_epochs: int, *, labels: float = 0.0,
+                 round_to: int = 8) -> dict:  # fmt: skip
     """The model's recipe (its train settings, size, policy) with the benchmark's variants."""
     cfg, _, recipe_path = MODELS[model]
     base = read_recipe(ROOT / recipe_path)  # the job's own loader: the same checks, the same
     variants = base["methods"]  # reading of every value (variants keyed by name)
-    # structured ours: the model recipe's own `admm-filter` policy and ranking where it has
+    # structured ours: the model recipe's own `admm-filter` policy, ranking and refit where it has
     # them (Yolo-Fastest: importance per FLOP, tuned on a training split), else the method's
     # conservative defaults
     own_s = variants.get("admm-filter") or {}
     structured = {"policy": own_s.get("policy") or {"first_cap": 0.2, "last_cap": 0.5},
-                  **{k: own_s[k] for k in ("per_flop", "round_to") if k in own_s}}  # fmt: skip
+                  **{k: own_s[k] for k in ("per_flop", "refit") if k in own_s}}  # fmt: skip
     # unstructured ours: the model recipe's own conservative policy (yolov3-tiny: capped up to
     # the end of its backbone, cfg layer 12); a ramp over every layer cannot reach 0.9
     policy_u = (variants.get("admm") or {}).get("policy") or {"first_cap": 0.3, "last_cap": 1.0}
     tuned = {"epochs": epochs}
+    rounded = {"round_to": round_to}  # every structured method: the same channel multiples
     methods = [
         {"name": "ours", "method": "admm-filter", "epochs": admm_epochs, "stages": 1,
-         "retrain_epochs": epochs, **structured},
-        {"name": "l1", "method": "channel", "criterion": "l1", **tuned},
-        {"name": "bn", "method": "channel", "criterion": "bn", **tuned},
-        {"name": "tp-magnitude", "method": "torch-pruning", "importance": "magnitude", **tuned},
-        {"name": "tp-taylor", "method": "torch-pruning", "importance": "taylor", **tuned},
+         "retrain_epochs": epochs, **structured, **rounded},
+        {"name": "l1", "method": "channel", "criterion": "l1", **tuned, **rounded},
+        {"name": "bn", "method": "channel", "criterion": "bn", **tuned, **rounded},
+        {"name": "tp-magnitude", "method": "torch-pruning", "importance": "magnitude", **tuned,
+         **rounded},
+        {"name": "tp-taylor", "method": "torch-pruning", "importance": "taylor", **tuned,
+         **rounded},
         {"name": "ours-u", "method": "admm", "epochs": admm_epochs, "stages": 1,
          "retrain_epochs": epochs, "policy": policy_u},
         {"name": "magnitude", "method": "magnitude", "iterations": 1, **tuned},
@@ -95,7 +102,10 @@ def bench_recipe(model: str, epochs: int, admm_epochs: int) -> dict:
         "train": base.get("train") or {},
         "phases": base.get("phases") or {},
         "distill": 1.0,  # the same dense teacher for every method
-        "refit": 32,  # the same least-squares refit of every structured cut
+        "labels": labels,  # 0: every method learns from the teacher alone (labels overfit)
+        # no `refit` key: the job's default, a least-squares refit on 32 training images of
+        # every one-shot cut, and none after ADMM (whose training leads up to its cut:
+        # docs/structured_tuning.md, section 8)
         "methods": methods,
     }
 
@@ -268,6 +278,15 @@ def main() -> None:
     p.add_argument("--models", default="yolov3-tiny,yolo-fastest")
     p.add_argument("--epochs", type=int, default=5, help="masked fine-tuning epochs, every method")
     p.add_argument("--admm-epochs", type=int, default=5, help="ADMM epochs before ours' cut")
+    p.add_argument("--labels", type=float, default=0.0,
+                   help="weight of the label loss beside the teacher's, every method (0: the "
+                   "teacher alone)")  # fmt: skip
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=8,
+        help="every structured method keeps multiples of this many channels",
+    )
     p.add_argument("--flops", default="0.65,0.45", help="structured FLOPs targets")
     p.add_argument("--ratios", default="0.5,0.7,0.9", help="unstructured ratios")
     p.add_argument("--parts", default="structured,unstructured")
@@ -283,8 +302,9 @@ def main() -> None:
         root = (a.out / model).resolve()
         root.mkdir(parents=True, exist_ok=True)
         recipe = root / "recipe.yaml"
-        recipe.write_text(yaml.safe_dump(bench_recipe(model, a.epochs, a.admm_epochs),
-                                         sort_keys=False))  # fmt: skip
+        written = bench_recipe(model, a.epochs, a.admm_epochs, labels=a.labels,
+                               round_to=a.round_to)  # fmt: skip
+        recipe.write_text(yaml.safe_dump(written, sort_keys=False))
         weights = SHARED / "weights" / weights_file
         rows = []
         parts = []

@@ -10,7 +10,9 @@ from yolo_prune.jobs.recipe import (
     normalise,
     read_recipe,
     to_yaml,
+    variant_labels,
     variant_options,
+    variant_refit,
 )
 from yolo_prune.prune import build_config
 
@@ -108,6 +110,29 @@ def test_variant_takes_the_recipe_ratio_and_scales_its_stages():
     assert variant_options(recipe, "magnitude") == ("magnitude", {"ratio": 0.9})
     with pytest.raises(ConfigError, match=r"unknown method 'admn'; choose one of: .*admm"):
         variant_options(recipe, "admn")
+
+
+def test_refit_by_default_only_where_the_cut_comes_at_once():
+    methods = [{"name": "ours", "method": "admm-filter"}, {"name": "cut", "method": "channel"},
+               {"name": "own", "method": "admm-filter", "refit": 16}]  # fmt: skip
+    recipe = normalise({"ratio": 0.3, "methods": methods})
+    # ADMM's training leads up to its cut: no refit to the dense model unless asked
+    assert [variant_refit(recipe, n) for n in ("ours", "cut", "own")] == [0, 32, 16]
+    assert variant_refit(recipe, "admm") == 0  # a registered method the recipe does not list
+    recipe = normalise({"ratio": 0.3, "refit": 8, "methods": methods})
+    assert [variant_refit(recipe, n) for n in ("ours", "cut", "own")] == [8, 8, 16]
+
+
+def test_labels_weight_defaults_to_one_and_zero_needs_a_teacher():
+    recipe = normalise({"distill": 1.0, "methods": [{"name": "a", "method": "channel"},
+                        {"name": "b", "method": "channel", "labels": 0}]})  # fmt: skip
+    assert (variant_labels(recipe, "a"), variant_labels(recipe, "b")) == (1.0, 0.0)
+    recipe = normalise({"methods": [{"name": "b", "method": "channel", "labels": 0}]})
+    with pytest.raises(ConfigError, match="methods.b: labels=0 and no distill weight"):
+        variant_labels(recipe, "b")
+    recipe = normalise({"methods": [{"name": "c", "method": "channel", "labels": -1}]})
+    with pytest.raises(ConfigError, match=r"methods.c.labels=-1; expected a weight >= 0"):
+        variant_labels(recipe, "c")
 
 
 def test_yaml_round_trip(tmp_path):

@@ -299,9 +299,23 @@ DEFAULT_REFIT_IMAGES = 32  # least-squares refit of a structured cut unless a re
 
 def variant_refit(recipe: Mapping[str, Any], name: str) -> int:
     """Refit images of the variant ``name``: its own ``refit``, else the recipe's, else
-    ``DEFAULT_REFIT_IMAGES`` (0: off). Only models that lose whole channels are refitted."""
+    ``DEFAULT_REFIT_IMAGES`` for a cut that comes at once and 0 for a method whose training
+    leads up to it (``TRAINS_TOWARDS_CUT``: ADMM). Only models that lose whole channels are
+    refitted.
+
+    The refit makes each layer after a cut reproduce the dense model's output. After a one-shot
+    cut that is what the rest of the network expects; after ADMM the network has learnt to do
+    without the channels, and pulling a layer back to the dense features undoes that (measured
+    in docs/structured_tuning.md, section 8)."""
     entry = recipe["methods"].get(name) or {}
-    value = entry.get("refit", recipe.get("refit", DEFAULT_REFIT_IMAGES))
+    if "refit" in entry or "refit" in recipe:
+        value = entry.get("refit", recipe.get("refit"))
+    else:
+        from yolo_prune.prune.registry import METHODS
+
+        spec = METHODS.get(entry.get("method", name))
+        leads_up = spec is not None and getattr(spec.config, "TRAINS_TOWARDS_CUT", False)
+        value = 0 if leads_up else DEFAULT_REFIT_IMAGES
     value = 0 if value is None else value
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"methods.{name}.refit={value!r}; expected a number of images >= 0")

@@ -104,6 +104,9 @@ class ADMMSchedule:
 
     # the names of the fit() phases it runs (a recipe's `phases` keys)
     PHASES: ClassVar[tuple[str, ...]] = ("admm", "retrain")
+    # its training leads up to the hard prune, so the job does not refit the cut to the dense
+    # model by default (yolo_prune.jobs.recipe.variant_refit)
+    TRAINS_TOWARDS_CUT: ClassVar[bool] = True
 
     def epochs_spent(self) -> int:
         """Training epochs the method spends in all (its budget)."""
