@@ -308,6 +308,57 @@ def test_adaptive_rho_starts_at_the_gradient_to_gap_ratio_and_follows_the_residu
     assert fixed.rho == 0.3
 
 
+def test_adaptive_rho_far_behind_the_path_jumps_to_the_catch_up_value():
+    # Fine-tuning from the teacher alone has next to no gradient at the first step, so rho
+    # starts tiny; doubling alone left Yolo-Fastest's residual at 0.43 after 36 steps.
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0, 0.5, 0.1]))
+    hook = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))
+    hook.init_({"w": w})
+    w.grad = torch.tensor([0.0, 0.0, 3e-3, 4e-3])  # a near-zero gradient: rho starts tiny
+    hook.add_penalty_grad_({"w": w})
+    first = hook.rho
+    start = hook._start_residual
+    path = start * (0.02 / start) ** 0.5
+    every = hook.config.update_every
+    hook.steer_(start, progress=0.5, lr=1e-3)
+    catch = ((start / path) ** (1 / every) - 1) / 1e-3
+    assert catch > 2 * first and hook.rho == pytest.approx(catch)
+    # that rho's penalty step alone, taken `every` times, lands on the path
+    assert start / (1 + 1e-3 * hook.rho) ** every == pytest.approx(path)
+    hook.steer_(start, progress=0.5, lr=1e-3, cap=1.5 * catch)  # the cap still bounds it
+    assert hook.rho == pytest.approx(1.5 * catch)
+    w.grad = torch.tensor([0.0, 0.0, 3e-3, 4e-3])
+    slow = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))
+    slow.init_({"w": w})
+    slow.add_penalty_grad_({"w": w})
+    slow.steer_(start, progress=0.5)  # no lr known: doubling only
+    assert slow.rho == pytest.approx(2 * slow._start_rho)
+
+
+def test_trainer_tells_hooks_how_many_steps_an_epoch_takes():
+    from yolo_prune.engine.hooks import Hook
+    from yolo_prune.engine.loop import Trainer
+
+    seen = []
+
+    class Look(Hook):
+        def before_train(self, state):
+            seen.append(state.steps_per_epoch)
+
+    model = torch.nn.Linear(2, 2)
+    batches = [(torch.randn(3, 2), torch.tensor([0, 1, 0]))] * 7
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    Trainer(model, opt, _ce, hooks=[Look()], accumulate=2).fit(batches, epochs=1)
+    Trainer(model, opt, _ce, hooks=[Look()], max_steps_per_epoch=2).fit(batches, epochs=1)
+    Trainer(model, opt, _ce, hooks=[Look()]).fit(iter(batches), epochs=1)  # no length
+    assert seen == [3, 2, None]
+
+
+def _ce(model, batch):
+    x, y = batch
+    return torch.nn.functional.cross_entropy(model(x), y)
+
+
 def test_adaptive_rho_stops_growing_at_its_cap_without_an_optimizer_bound():
     # Under Adam (no stability bound) a residual that cannot follow the path used to double
     # rho at every Z-step until float32 overflowed in the penalty's gradient.

@@ -43,6 +43,7 @@ class TrainState:
     step: int = 0  # optimizer steps taken so far in this fit, over all epochs
     epoch_step: int = 0  # steps taken so far in the current epoch
     epochs: int = 0  # epoch index at which the run ends (exclusive)
+    steps_per_epoch: int | None = None  # optimizer steps an epoch takes; None: not known
     batch: Any = None  # the current batch, already moved to the device
     loss: torch.Tensor | None = None  # the current step's total loss (after loss hooks)
     log: dict[str, float] = field(default_factory=dict)  # figures hooks want reported

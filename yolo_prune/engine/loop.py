@@ -119,6 +119,7 @@ class Trainer:
         if start_step is not None:
             state.step = start_step
         state.epoch_step = start_epoch_step
+        state.steps_per_epoch = self._steps_per_epoch(loader)
         self.model.train()
         self._call("before_train")
         for epoch in range(start_epoch, epochs):
@@ -144,6 +145,16 @@ class Trainer:
                 break
         self._call("after_train")
         return state
+
+    def _steps_per_epoch(self, loader: Iterable[Any]) -> int | None:
+        """Optimizer steps one epoch of ``loader`` takes, or None for a loader of no length."""
+        try:
+            steps = len(loader) // self.accumulate  # type: ignore[arg-type]
+        except TypeError:
+            return None
+        if self.max_steps_per_epoch is not None:
+            steps = min(steps, self.max_steps_per_epoch)
+        return steps
 
     def run_step(self) -> bool:
         """Forward/backward ``self.state.batch``; step the optimizer once ``accumulate``
