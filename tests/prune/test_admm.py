@@ -335,6 +335,22 @@ def test_adaptive_rho_far_behind_the_path_jumps_to_the_catch_up_value():
     assert slow.rho == pytest.approx(2 * slow._start_rho)
 
 
+def test_catch_up_step_is_the_lr_under_adam_and_the_momentum_step_under_sgd():
+    from yolo_prune.engine.hooks import TrainState
+
+    w = torch.nn.Parameter(torch.ones(4))
+    other = torch.nn.Parameter(torch.ones(2))
+    hook = ADMMHook(["w"], ADMMConfig(ratio=0.5, epochs=1, stages=1))
+    hook._params = {"w": w}
+    sgd = torch.optim.SGD([{"params": [w], "lr": 0.01}, {"params": [other], "lr": 1.0}],
+                          momentum=0.9)  # fmt: skip
+    assert hook._lr(TrainState(model=None, optimizer=sgd)) == pytest.approx(0.1)
+    sgd.param_groups[0]["initial_lr"] = 0.02  # a schedule's peak, not its current value
+    assert hook._lr(TrainState(model=None, optimizer=sgd)) == pytest.approx(0.2)
+    adam = torch.optim.AdamW([w], lr=1e-4)
+    assert hook._lr(TrainState(model=None, optimizer=adam)) == pytest.approx(1e-4)
+
+
 def test_trainer_tells_hooks_how_many_steps_an_epoch_takes():
     from yolo_prune.engine.hooks import Hook
     from yolo_prune.engine.loop import Trainer

@@ -20,8 +20,8 @@ the penalty pulls as hard as the loss does (``||grad loss|| / ||W - Z||`` over t
 first step, whatever the loss's scale or the weights' norms), and at every Z-step it is steered
 along a residual path: ``||W - Z|| / ||W||`` should fall geometrically from its value at the
 start to ``RESIDUAL_GOAL`` (0.02) at the end of the phase. rho doubles while the residual is
-above the path (under Adam, or jumps to the rho whose proximal step alone would catch the path
-up by the next Z-step, if more: :meth:`ADMMHook.steer_`), never past what SGD follows stably
+above the path (or jumps to the rho whose pull alone would catch the path up by the next
+Z-step, if that is more: :meth:`ADMMHook.steer_`), never past what SGD follows stably
 (:func:`stable_rho`) nor past ``RHO_MAX_GROWTH`` times its first value, and is never lowered:
 on the non-convex sparsity constraint a smaller rho lets the scaled dual U pile up on the cut
 weights until they outrank kept ones and Z flips (seen on a convex toy too: rho halved when
@@ -302,11 +302,12 @@ class ADMMHook(Hook):
         """Steer an adaptive rho along the residual path (module doc): ``relative`` is the
         residual ``||W - Z|| / ||W||`` now, ``progress`` the fraction of the ADMM phase done
         (0..1), ``cap`` the largest rho the optimizer follows stably (:func:`stable_rho`),
-        ``lr`` the targets' learning rate under the decoupled proximal step (0: not given).
+        ``lr`` the step the penalty takes per unit of rho (:meth:`_lr`; 0: not given).
 
         Behind the path, rho doubles, and with ``lr`` rises at once to the catch-up value if
-        that is larger: the rho whose proximal step alone (a contraction of ``W - Z + U`` by
-        ``1 / (1 + lr * rho)`` a step) would bring the residual back onto the path within the
+        that is larger: the rho whose pull alone (a contraction of ``W - Z + U`` by
+        ``1 / (1 + lr * rho)`` a step, exact for the decoupled proximal step under Adam) would
+        bring the residual back onto the path within the
         ``update_every`` steps to the next Z-step. Doubling alone is too slow when rho starts
         far too low: distillation from the dense teacher alone has next to no gradient at the
         first step (the student is the teacher), so rho started at 0.54 on Yolo-Fastest and the
@@ -475,11 +476,17 @@ class ADMMHook(Hook):
         return (local + within) / self._epochs
 
     def _lr(self, state: TrainState) -> float:
-        """The targets' peak learning rate (a schedule's ``initial_lr``, else ``lr``): the
-        largest over the groups that hold them."""
+        """The step the penalty's pull takes per unit of rho: the targets' peak learning rate
+        (a schedule's ``initial_lr``, else ``lr``), the largest over the groups that hold them,
+        and under heavy-ball SGD divided by ``1 - momentum`` (a steady pull's step)."""
         ids = {id(w) for w in self._params.values()}
+
+        def step(g: Mapping[str, Any]) -> float:
+            lr = float(g.get("initial_lr", g["lr"]))
+            return lr if _normalised(g) else lr / max(1.0 - float(g.get("momentum", 0.0)), 1e-3)
+
         return max(
-            (float(g.get("initial_lr", g["lr"])) for g in state.optimizer.param_groups
+            (step(g) for g in state.optimizer.param_groups
              if any(id(q) in ids for q in g["params"])),
             default=0.0,
         )  # fmt: skip
@@ -492,11 +499,7 @@ class ADMMHook(Hook):
         rel = total / wnorm if wnorm else 0.0
         state.log["admm_residual"] = rel
         rho = self.rho
-        # the catch-up is exact for the decoupled proximal step; under SGD the penalty's pull
-        # also goes through momentum and the loss's curvature, and on yolov3-tiny it made the
-        # residual swing (0.06, 0.13, 0.05, 0.17) with the loss doubling: doubling only there
-        lr = self._lr(state) if self._decoupled(state.optimizer) else 0.0
-        self.steer_(rel, self._progress(state), cap=stable_rho(state.optimizer), lr=lr)
+        self.steer_(rel, self._progress(state), cap=stable_rho(state.optimizer), lr=self._lr(state))
         self.history.append(
             {
                 "epoch": state.epoch,
