@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from yolo_prune.engine import Trainer
+from yolo_prune.engine.hooks import Hook
 from yolo_prune.errors import PruneError
 from yolo_prune.prune.admm import ADMMConfig, ADMMHook
 from yolo_prune.prune.masks import MaskHook
@@ -38,11 +39,22 @@ def _through_a_checkpoint(state):
     return torch.load(buffer, weights_only=True)
 
 
+class _StopAfter(Hook):
+    """Ends a run of ``epochs`` after ``cut`` of them, as a kill would: the hooks before it
+    saw a run of the full length (ADMM's residual path depends on it)."""
+
+    def __init__(self, cut: int):
+        self.cut = cut
+
+    def epoch_end(self, state):
+        state.stop = state.epoch + 1 >= self.cut
+
+
 def _interrupted(case, make_hook, *, epochs, cut):
-    """Train ``cut`` epochs, checkpoint, and train the rest with a fresh model, optimizer and
-    hook given the checkpoint: what a resumed run does."""
+    """Train ``cut`` of ``epochs`` epochs, checkpoint, and train the rest with a fresh model,
+    optimizer and hook given the checkpoint: what a resumed run does."""
     model, hook = case.model(), make_hook()
-    opt = _fit(case, model, [hook], epochs=cut)
+    opt = _fit(case, model, [hook, _StopAfter(cut)], epochs=epochs)
     saved = _through_a_checkpoint(
         {"model": model.state_dict(), "optimizer": opt.state_dict(), "hook": hook.state_dict()}
     )
