@@ -367,7 +367,15 @@ def test_trainer_tells_hooks_how_many_steps_an_epoch_takes():
     Trainer(model, opt, _ce, hooks=[Look()], accumulate=2).fit(batches, epochs=1)
     Trainer(model, opt, _ce, hooks=[Look()], max_steps_per_epoch=2).fit(batches, epochs=1)
     Trainer(model, opt, _ce, hooks=[Look()]).fit(iter(batches), epochs=1)  # no length
-    assert seen == [3, 2, None]
+    from yolo_prune.engine.distributed import ChunkSampler
+
+    data = torch.utils.data.TensorDataset(torch.randn(12, 2), torch.zeros(12, dtype=torch.long))
+    sampler = ChunkSampler(12, batch_size=3)
+    sampler.set_epoch(0, skip_steps=2)  # a resumed epoch: the loader is short, the epoch not
+    loader = torch.utils.data.DataLoader(data, batch_size=3, sampler=sampler)
+    assert len(loader) == 2
+    Trainer(model, opt, _ce, hooks=[Look()]).fit(loader, epochs=1)
+    assert seen == [3, 2, None, 4]
 
 
 def _ce(model, batch):

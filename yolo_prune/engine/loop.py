@@ -147,11 +147,16 @@ class Trainer:
         return state
 
     def _steps_per_epoch(self, loader: Iterable[Any]) -> int | None:
-        """Optimizer steps one epoch of ``loader`` takes, or None for a loader of no length."""
-        try:
-            steps = len(loader) // self.accumulate  # type: ignore[arg-type]
-        except TypeError:
-            return None
+        """Optimizer steps one whole epoch of ``loader`` takes, or None for a loader of no
+        length. A sampler that says it (:class:`~yolo_prune.engine.distributed.ChunkSampler`
+        ``steps_per_epoch``) is believed first: its length shrinks while it skips the
+        steps of a resumed epoch."""
+        steps = getattr(getattr(loader, "sampler", None), "steps_per_epoch", None)
+        if not isinstance(steps, int):
+            try:
+                steps = len(loader) // self.accumulate  # type: ignore[arg-type]
+            except TypeError:
+                return None
         if self.max_steps_per_epoch is not None:
             steps = min(steps, self.max_steps_per_epoch)
         return steps

@@ -465,8 +465,8 @@ class ADMMHook(Hook):
             self._update_and_log(state)
 
     def _progress(self, state: TrainState) -> float:
-        """Fraction of the ADMM phase done at this step (an epoch whose length is not known
-        yet, the first, counts as half done)."""
+        """Fraction of the ADMM phase done at this step (an epoch of unknown length, which
+        only a loader without one gives before its first epoch ends, counts as half done)."""
         local = state.epoch - self._start_epoch
         steps = state.steps_per_epoch or self._epoch_steps
         if steps:
