@@ -184,3 +184,30 @@ def test_grad_clip_applies_to_the_loss_only_not_to_a_hook_penalty():
     for b, p in zip(before, model.parameters(), strict=True):
         step = b - p.detach()
         assert torch.all(step > 99.0)  # the penalty's 100 per weight went through unclipped
+
+
+def test_trainer_tells_hooks_how_many_steps_an_epoch_takes():
+    from yolo_prune.engine.distributed import ChunkSampler
+
+    seen = []
+
+    class Look(Hook):
+        def before_train(self, state):
+            seen.append(state.steps_per_epoch)
+
+    model = nn.Linear(2, 2)
+    batches = [(torch.randn(3, 2), torch.tensor([0, 1, 0]))] * 7
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.utils.data.TensorDataset(torch.randn(12, 2), torch.zeros(12, dtype=torch.long))
+    sampler = ChunkSampler(12, batch_size=3)
+    sampler.set_epoch(0, skip_steps=2)  # a resumed epoch: the loader is short, the epoch not
+    loader = torch.utils.data.DataLoader(data, batch_size=3, sampler=sampler)
+    assert len(loader) == 2
+    for source, options in [
+        (batches, {"accumulate": 2}),
+        (batches, {"max_steps_per_epoch": 2}),
+        (iter(batches), {}),  # no length
+        (loader, {}),  # the sampler knows the whole epoch
+    ]:
+        Trainer(model, opt, cross_entropy_loss, hooks=[Look()], **options).fit(source, epochs=1)
+    assert seen == [3, 2, None, 4]

@@ -351,38 +351,6 @@ def test_catch_up_step_is_the_lr_under_adam_and_the_momentum_step_under_sgd():
     assert hook._lr(TrainState(model=None, optimizer=adam)) == pytest.approx(1e-4)
 
 
-def test_trainer_tells_hooks_how_many_steps_an_epoch_takes():
-    from yolo_prune.engine.hooks import Hook
-    from yolo_prune.engine.loop import Trainer
-
-    seen = []
-
-    class Look(Hook):
-        def before_train(self, state):
-            seen.append(state.steps_per_epoch)
-
-    model = torch.nn.Linear(2, 2)
-    batches = [(torch.randn(3, 2), torch.tensor([0, 1, 0]))] * 7
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    Trainer(model, opt, _ce, hooks=[Look()], accumulate=2).fit(batches, epochs=1)
-    Trainer(model, opt, _ce, hooks=[Look()], max_steps_per_epoch=2).fit(batches, epochs=1)
-    Trainer(model, opt, _ce, hooks=[Look()]).fit(iter(batches), epochs=1)  # no length
-    from yolo_prune.engine.distributed import ChunkSampler
-
-    data = torch.utils.data.TensorDataset(torch.randn(12, 2), torch.zeros(12, dtype=torch.long))
-    sampler = ChunkSampler(12, batch_size=3)
-    sampler.set_epoch(0, skip_steps=2)  # a resumed epoch: the loader is short, the epoch not
-    loader = torch.utils.data.DataLoader(data, batch_size=3, sampler=sampler)
-    assert len(loader) == 2
-    Trainer(model, opt, _ce, hooks=[Look()]).fit(loader, epochs=1)
-    assert seen == [3, 2, None, 4]
-
-
-def _ce(model, batch):
-    x, y = batch
-    return torch.nn.functional.cross_entropy(model(x), y)
-
-
 def test_adaptive_rho_stops_growing_at_its_cap_without_an_optimizer_bound():
     # Under Adam (no stability bound) a residual that cannot follow the path used to double
     # rho at every Z-step until float32 overflowed in the penalty's gradient.

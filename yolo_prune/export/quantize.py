@@ -11,8 +11,9 @@ u8 x s8 kernels on x86 cores without VNNI (AVX2, AVX-512 without VNNI) add pairs
 in 16 bits with saturation (``vpmaddubsw``), and 8-bit weights overflow it; 7-bit weights
 cannot. Measured on an AMD EPYC [avx2, no VNNI] (2026-12-01, AP50 on the 64 coco128 val
 images, the same calibration): yolov3-tiny float 41.87, 8-bit weights 39.00, 7-bit 42.80;
-Yolo-Fastest float 42.70, 8-bit 41.40, 7-bit 42.00 (paired bootstrap of yolov3-tiny's INT8
-minus float: 8-bit -2.88 [-7.79, -1.29], 7-bit +0.92 [-2.26, +3.28]). On a Xeon with VNNI
+Yolo-Fastest float 42.70, 8-bit 41.40, 7-bit 42.00 (paired bootstrap of INT8 minus float:
+yolov3-tiny 8-bit -2.88 [-7.79, -1.29], 7-bit +0.92 [-2.26, +3.28]; Yolo-Fastest 8-bit -1.30
+[-4.68, +1.66], 7-bit -0.70 [-3.15, +2.11]). On a Xeon with VNNI
 the 7-bit weights cost nothing measurable (the first-round table below: 42.24 against 42.62
 and 33.69 against 33.08, within the noise), and speed is the same kernels either way. The
 file a user ships may run on either kind of core, so 7-bit is the default;
