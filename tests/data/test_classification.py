@@ -86,3 +86,79 @@ def test_the_dataset_is_recognised_from_its_files(tmp_path, shared_data):
     assert classification_dataset(shared_data / "coco128") is None
     with pytest.raises(DataError, match="not a classification dataset: expected MNIST"):
         load_splits(tmp_path, val_size=1)
+
+
+def _run(batches: ShuffledBatches, *, cut: int | None, start=(0, 0), stop: int | None = None):
+    """What the training loop does with ``batches``: 4 epochs from ``start`` (epoch, batches
+    into it), each cut after ``cut`` batches (None: whole). Returns the batches and, when it
+    stopped after ``stop`` of them, the position to resume at (as a checkpoint gives it)."""
+    out = []
+    for epoch in range(start[0], 4):
+        taken = start[1] if epoch == start[0] else 0
+        batches.set_epoch(skip_steps=taken)
+        for batch in batches:
+            out.append(batch)
+            taken += 1
+            if len(out) == stop:
+                return out, ((epoch + 1, 0) if taken == (cut or 3) else (epoch, taken))
+            if taken == cut:
+                break
+    return out, None
+
+
+@pytest.mark.parametrize("cut", [None, 2], ids=["whole-epochs", "cut-epochs"])
+@pytest.mark.parametrize("stop", [1, 3, 4])
+def test_a_restored_position_continues_the_batches_of_an_uninterrupted_run(cut, stop):
+    """Saved after ``stop`` batches (in mid-epoch or at an epoch's end; whole epochs end in a
+    batch of 2) and restored into fresh batches: the same images, augmentations and order
+    follow as in one run."""
+    images, labels = torch.rand((10, 1, 5, 5)), torch.arange(10)
+
+    def fresh() -> ShuffledBatches:
+        return ShuffledBatches(images, labels, batch_size=4, shift=1, seed=5, flip=True)
+
+    whole, _ = _run(fresh(), cut=cut)
+    stopped = fresh()
+    first, position = _run(stopped, cut=cut, stop=stop)
+    resumed = fresh()
+    resumed.load_state_dict(stopped.state_dict())
+    rest, _ = _run(resumed, cut=cut, start=position)
+    assert len(first) + len(rest) == len(whole)
+    for (x, y), (a, b) in zip(first + rest, whole, strict=True):
+        assert torch.equal(x, a) and torch.equal(y, b)
+
+
+def test_a_position_is_refused_in_other_batches():
+    images, labels = torch.rand((10, 1, 5, 5)), torch.arange(10)
+    batches = ShuffledBatches(images, labels, batch_size=4, shift=1, seed=5)
+    next(iter(batches))
+    state = batches.state_dict()
+    with pytest.raises(ValueError, match="the saved position is in batches of 4, these are "):
+        ShuffledBatches(images, labels, batch_size=5, shift=1, seed=5).load_state_dict(state)
+    with pytest.raises(ValueError, match="skip_steps=2, but the position holds 1 batches"):
+        batches.load_state_dict(state)
+        batches.set_epoch(skip_steps=2)
+
+
+def test_the_ranks_parts_of_each_batch_make_the_one_process_batch():
+    """Two ranks draw the augmentations of the whole batch and keep their part; the last batch
+    of 3 goes 2 + 1. With a last batch smaller than the ranks, that batch is left out."""
+    images, labels = torch.rand((11, 1, 5, 5)), torch.arange(11)
+
+    def batches(rank: int | None) -> ShuffledBatches:
+        b = ShuffledBatches(images, labels, batch_size=4, shift=1, seed=2, flip=True)
+        if rank is not None:
+            b.shard(rank=rank, world_size=2)
+        return b
+
+    one, ranks = batches(None), [batches(0), batches(1)]
+    shares = []
+    for whole, *parts in zip(one, *ranks, strict=True):
+        assert torch.equal(torch.cat([x for x, _ in parts]), whole[0])
+        assert torch.equal(torch.cat([y for _, y in parts]), whole[1])
+        shares.append([r.share for r in ranks])
+    assert shares == [[0.5, 0.5], [0.5, 0.5], [2 / 3, 1 / 3]]
+    assert len(batches(0)) == 3
+    nine = ShuffledBatches(images[:9], labels[:9], batch_size=4, shift=0, seed=0)
+    nine.shard(rank=1, world_size=2)
+    assert len(nine) == len(list(nine)) == 2  # the last batch of 1 has no part for rank 1

@@ -10,8 +10,9 @@ device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,13 +80,21 @@ def load_splits(
 
 
 class ShuffledBatches:
-    """Epochs of shuffled in-memory batches, augmented.
+    """Epochs of shuffled in-memory batches, augmented, each shared among the processes.
 
     Each image is translated by up to ``shift`` px in x and y, zero-filled (the same as padding
     by ``shift`` and cropping at random), then flipped left-right with probability 1/2 if
     ``flip``, then normalised per channel if ``mean``/``std`` are given. Random numbers come from
     a CPU generator seeded with ``seed`` in a fixed order (permutation, dy, dx, flips); without
     ``flip`` no flip numbers are drawn.
+
+    Under data parallel training (:meth:`shard`) every process draws the same numbers for the
+    whole global batch of ``batch_size`` images and keeps only its part (the ranks' parts differ
+    by one image at most; ``share`` is this rank's fraction of the batch it was given last), so N
+    processes train on the batches one process draws, but for a last batch of an epoch with
+    fewer images than processes, which they leave out. The epoch's position can be saved and
+    restored (:meth:`state_dict`, :meth:`load_state_dict`, :meth:`set_epoch`): a resumed run
+    continues with the batches and augmentations that an uninterrupted run would draw.
     """
 
     def __init__(
@@ -104,25 +113,52 @@ class ShuffledBatches:
         self.batch_size, self.shift, self.flip = batch_size, shift, flip
         self.gen = torch.Generator().manual_seed(seed)
         self.norm = None if mean is None else channel_stats(mean, std, images)
+        self.rank, self.world_size = 0, 1
+        self.share = 1.0  # this process's fraction of the batch it was given last
+        self._start = self.gen.get_state()  # the generator before this epoch's permutation
+        self._perm: torch.Tensor | None = None  # this epoch's permutation, once drawn
+        self._taken = 0  # batches given out of this epoch
+        self._restored = False  # load_state_dict() left an epoch to be continued
+
+    def shard(self, *, rank: int, world_size: int) -> None:
+        """Give this process (``rank`` of ``world_size``) its part of every batch from now on."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world_size {world_size}; expected 0 <= rank < size")
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        """Batches in an epoch (global batches: each process gets its part of every one)."""
+        n = len(self.images)
+        if 0 < n % self.batch_size < self.world_size:  # a last batch some process has no part of
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
 
-    def _translate(self, x: torch.Tensor) -> torch.Tensor:
+    def _draw(self, b: int) -> tuple[torch.Tensor | None, ...]:
+        """``(dy, dx, flipped)`` for a batch of ``b`` images ``[b]`` each (None: not drawn)."""
+        dy = dx = flipped = None
+        if self.shift:
+            dy = torch.randint(0, 2 * self.shift + 1, (b,), generator=self.gen)
+            dx = torch.randint(0, 2 * self.shift + 1, (b,), generator=self.gen)
+        if self.flip:
+            flipped = torch.rand(b, generator=self.gen) < 0.5
+        return dy, dx, flipped
+
+    def _apply(self, x: torch.Tensor, dy: Any, dx: Any, flipped: Any) -> torch.Tensor:
+        if dy is not None:
+            x = self._translate(x, dy.to(x.device), dx.to(x.device))
+        if flipped is not None:
+            x = torch.where(flipped.to(x.device)[:, None, None, None], x.flip(-1), x)
+        return self.normalise(x)
+
+    def _translate(self, x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
         s = self.shift
         b, c, h, w = x.shape
         padded = torch.nn.functional.pad(x, (s, s, s, s))
-        dy = torch.randint(0, 2 * s + 1, (b,), generator=self.gen).to(x.device)
-        dx = torch.randint(0, 2 * s + 1, (b,), generator=self.gen).to(x.device)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         batch = torch.arange(b, device=x.device)[:, None, None, None]
         chan = torch.arange(c, device=x.device)[None, :, None, None]
         return padded[batch, chan, rows, cols]
-
-    def _flip(self, x: torch.Tensor) -> torch.Tensor:
-        flipped = torch.rand(len(x), generator=self.gen).to(x.device) < 0.5
-        return torch.where(flipped[:, None, None, None], x.flip(-1), x)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` normalised per channel as the training batches are (unchanged without it)."""
@@ -130,17 +166,64 @@ class ShuffledBatches:
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (float [B, C, H, W]) translated, flipped and normalised as configured."""
-        if self.shift:
-            x = self._translate(x)
-        if self.flip:
-            x = self._flip(x)
-        return self.normalise(x)
+        return self._apply(x, *self._draw(len(x)))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the epoch: the generator's state before the epoch's permutation, the
+        batches given out since and the batch size (tensors and plain values only)."""
+        return {"generator": self._start.clone(), "taken": self._taken,
+                "batch_size": self.batch_size}  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Go back to where :meth:`state_dict` was taken: the epoch's permutation is drawn again
+        and the random numbers of its batches given out so far, so the generator is where it
+        was; :meth:`set_epoch` then continues that epoch or starts the next one.
+
+        Raises:
+            ValueError: the state was taken with another batch size.
+        """
+        if int(state["batch_size"]) != self.batch_size:
+            raise ValueError(f"the saved position is in batches of {state['batch_size']}, "
+                             f"these are batches of {self.batch_size}")  # fmt: skip
+        self.gen.set_state(state["generator"])
+        self._start = self.gen.get_state()
+        self._perm = torch.randperm(len(self.images), generator=self.gen)
+        self._taken = int(state["taken"])
+        for i in range(self._taken):
+            self._draw(len(self._perm[i * self.batch_size : (i + 1) * self.batch_size]))
+        self._restored = True
+
+    def set_epoch(self, *, skip_steps: int = 0) -> None:
+        """Make the next iteration a new epoch (``skip_steps`` 0) or the rest of the epoch that
+        :meth:`load_state_dict` restored, after its first ``skip_steps`` batches.
+
+        Raises:
+            ValueError: ``skip_steps`` is not the restored epoch's position.
+        """
+        if skip_steps and not (self._restored and skip_steps == self._taken):
+            where = f"{self._taken} batches" if self._restored else "no restored epoch"
+            raise ValueError(f"skip_steps={skip_steps}, but the position holds {where}")
+        self._restored = bool(skip_steps)
 
     def __iter__(self) -> Iterator[Tensors]:
-        perm = torch.randperm(len(self.images), generator=self.gen).to(self.images.device)
-        for i in range(0, len(perm), self.batch_size):
+        if self._restored:
+            self._restored = False
+        else:
+            self._start = self.gen.get_state()
+            self._perm = torch.randperm(len(self.images), generator=self.gen)
+            self._taken = 0
+        perm = self._perm.to(self.images.device)
+        for i in range(self._taken * self.batch_size, len(perm), self.batch_size):
+            if self._taken >= len(self):
+                return
             idx = perm[i : i + self.batch_size]
-            yield self.augment(self.images[idx]), self.labels[idx]
+            draws = self._draw(len(idx))
+            self._taken += 1
+            part = torch.arange(len(idx)).tensor_split(self.world_size)[self.rank]
+            self.share = len(part) / len(idx)
+            mine = idx[part.to(idx.device)]
+            mine_draws = (d if d is None else d[part] for d in draws)
+            yield self._apply(self.images[mine], *mine_draws), self.labels[mine]
 
 
 def channel_stats(
