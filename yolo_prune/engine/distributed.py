@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -161,15 +161,30 @@ def broadcast_buffers_(module: nn.Module, *, src: int = 0) -> None:
         dist.broadcast(buffer, src)
 
 
+def _device() -> torch.device:
+    """Where the group's collectives take their tensors: NCCL reduces CUDA tensors only."""
+    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     """The mean of each figure over all ranks (unchanged in a single process)."""
     if not (dist.is_available() and dist.is_initialized()) or not values:
         return dict(values)
     keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_device())
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def all_reduce_sum(counts: Sequence[int]) -> list[int]:
+    """Each count summed over all ranks (unchanged in a single process): exact integers, so
+    that every rank takes the same decision from a figure it measured on its part of the data."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return [int(c) for c in counts]
+    t = torch.tensor([int(c) for c in counts], dtype=torch.int64, device=_device())
+    dist.all_reduce(t)
+    return [int(c) for c in t.tolist()]
 
 
 class ChunkSampler(Sampler[int]):
