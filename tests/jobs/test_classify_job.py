@@ -132,6 +132,7 @@ def test_lenet5_sweep_runs_each_variant_at_its_own_ratio_from_one_dense_model(
         assert report["weights"] == str(out / "dense.weights")
         assert report["dense_training"] is None
     assert "top-1 %" in (out / "sweep.md").read_text()
+    assert not list(out.rglob("last.pt"))  # the dense phase's and the points' checkpoints
     files = [out / "dense.weights", *sorted(out.glob("points/*/own/report.json"))]
     stamps = [f.stat().st_mtime_ns for f in files]
     assert main(args) == 0  # resumed: the dense model and every point are read back

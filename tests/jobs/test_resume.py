@@ -1,5 +1,6 @@
 """``yolo-prune prune --resume``: a job killed (SIGKILL) in the ADMM phase or in the masked
-fine-tuning continues from its phase checkpoints and ends with the uninterrupted run's weights."""
+fine-tuning continues from its phase checkpoints and ends with the uninterrupted run's weights,
+for a detector and for a classifier (LeNet-5)."""
 
 from __future__ import annotations
 
@@ -41,14 +42,27 @@ class Kill(Hook):
         if state.step + 1 == STEP:
             os.kill(os.getpid(), signal.SIGKILL)
 
-fit = tasks.DetectionTask.fit
+def killing(fit):
+    def killing_fit(self, model, phase, epochs, hooks, **kw):
+        return fit(self, model, phase, epochs, [*hooks, Kill()] if phase == PHASE else hooks, **kw)
+    return killing_fit
 
-def killing_fit(self, model, phase, epochs, hooks, **kw):
-    return fit(self, model, phase, epochs, [*hooks, Kill()] if phase == PHASE else hooks, **kw)
-
-tasks.DetectionTask.fit = killing_fit
+for task in (tasks.DetectionTask, tasks.ClassificationTask):
+    task.fit = killing(task.fit)
 main(sys.argv[3:])
 """
+
+
+def _start_killed(phase: str, step: int, args: list[str]) -> subprocess.Popen:
+    """The job ``args`` started in a process of its own, which is killed after ``step`` steps
+    of ``phase``."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED), phase, str(step),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_killed(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
 
 
 def _args(cfg, weights, data, recipe, out, *extra):
@@ -77,9 +91,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(
     recipe, ref = uninterrupted
     out = tmp_path / "cut"
     args = _args(tiny_cfg, tiny_weights, tiny_dataset, recipe, out)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED), phase, str(step), *args],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    _wait_killed(_start_killed(phase, step, args))
     assert not (out / "report.json").exists()
     ckpt = torch.load(out / "phases" / phase / "last.pt", weights_only=True)
     assert ckpt["step"] == step - 1  # killed in mid-phase, one step after its last checkpoint
@@ -105,3 +117,47 @@ def test_resume_refuses_a_folder_another_recipe_wrote(uninterrupted, tiny_cfg, t
     args = _args(tiny_cfg, tiny_weights, tiny_dataset, recipe, ref, "--ratio", "0.3", "--resume")
     assert main(args) == 2
     assert "was written by another recipe or method than this command's" in capsys.readouterr().err
+
+
+def _pruned(cfg, out) -> dict[str, torch.Tensor]:
+    model = Darknet.from_cfg(cfg)
+    model.load_weights(out / "pruned.weights")
+    return model.state_dict()
+
+
+def test_a_classifier_killed_in_admm_or_in_the_retraining_resumes_its_phases(
+    lenet_job, lenet_args, repo_cfg, tmp_path, caplog
+):
+    """LeNet-5 killed in mid-epoch of ADMM, and (another run) of the masked retraining: the
+    resumed job continues every phase from its checkpoint (the finished ones train no more)
+    and ends with the uninterrupted run's pruned weights and figures."""
+    recipe, ref = lenet_job
+    # (phase, kill after this step of it, the resume position it leaves: epoch, step, into it)
+    cuts = [("admm", 6, (1, 5, 1)), ("retrain", 3, (0, 2, 2))]  # 4 steps an epoch
+    args = {phase: lenet_args(recipe, tmp_path / phase) for phase, _, _ in cuts}
+    # both at once: starting Python and torch is most of their time
+    running = [_start_killed(phase, step, args[phase]) for phase, step, _ in cuts]
+    for proc in running:
+        _wait_killed(proc)
+    cfg = repo_cfg / "lenet5.cfg"
+    whole = json.loads((ref / "report.json").read_text())
+    for phase, _, (epoch, step, into) in cuts:
+        out = tmp_path / phase
+        assert not (out / "report.json").exists()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="yolo_prune.classify.train"):
+            assert main([*args[phase], "--resume"]) == 0
+        resumed = f"{phase}/last.pt at epoch {epoch}, step {step} ({into} into the epoch)"
+        assert resumed in caplog.text  # not trained again from the phase's start
+        assert "dense/last.pt at epoch 1, step 4 (0 into the epoch)" in caplog.text
+        if phase == "retrain":
+            assert "admm/last.pt at epoch 2, step 8 (0 into the epoch)" in caplog.text
+        a, b = _pruned(cfg, out), _pruned(cfg, ref)
+        for name, x in a.items():
+            torch.testing.assert_close(x, b[name], rtol=0, atol=1e-6, msg=f"{phase}: {name}")
+        done = json.loads((out / "report.json").read_text())
+        assert done["pruned"]["top1"] == whole["pruned"]["top1"]
+        assert done["target_sparsity"] == whole["target_sparsity"] == pytest.approx(0.8)
+        # a resumed phase reports the figures of the uninterrupted one
+        for p, q in zip(done["phases"], whole["phases"], strict=True):
+            assert {**p, "minutes": 0} == {**q, "minutes": 0}

@@ -182,8 +182,8 @@ def check_resumable(
 
 def dense_model(config: PruneJobConfig, task: Task) -> nn.Module:
     """The dense model: loaded from ``config.weights``; without weights, trained for the
-    recipe's ``dense_epochs`` (saved as ``out/dense.weights``) or, with none, freshly
-    initialised (tests)."""
+    recipe's ``dense_epochs`` (saved as ``out/dense.weights``; with ``config.resume``
+    continued from its checkpoint) or, with none, freshly initialised (tests)."""
     recipe = config.recipe
     model = task.load_dense(config.weights, size=recipe.get("size"))
     epochs = recipe.get("dense_epochs") or 0
@@ -193,7 +193,8 @@ def dense_model(config: PruneJobConfig, task: Task) -> nn.Module:
                               "FILE, or --data FOLDER to train the dense model first")  # fmt: skip
         logger.info("training the dense model: %d epochs", epochs)
         task.fit(model, "dense", epochs, [], settings=phase_settings(recipe, "dense"),
-                 teacher=None, distill=0.0, out=config.out / "phases" / "dense")  # fmt: skip
+                 teacher=None, distill=0.0, out=config.out / "phases" / "dense",
+                 resume=config.resume)  # fmt: skip
         if dist_info(config.device).is_main:  # under torchrun, rank 0 alone writes
             model.save_weights(config.out / "dense.weights")
     return model

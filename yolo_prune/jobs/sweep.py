@@ -102,6 +102,9 @@ def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
         model = dense_model(job, task)
         if job.weights is None and job.recipe.get("dense_epochs"):
             job = replace(job, weights=trained)
+            if main and not job.keep_checkpoints:  # dense.weights holds what the points need
+                for name in ("last.pt", "final.weights"):
+                    (out / "phases" / "dense" / name).unlink(missing_ok=True)
         dense = task.evaluate(model) if main else {}  # figures for the report only
         if main:
             atomic_write_text(dense_path, json.dumps(dense, indent=1) + "\n")

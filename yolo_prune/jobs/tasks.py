@@ -299,7 +299,7 @@ class ClassificationTask:
 
     kind = "classification"
     metric = "top1"
-    resumable = False  # its phases keep no checkpoints (yet)
+    resumable = True  # its phases checkpoint (train_classifier), so a killed job can continue
 
     def __init__(self, inputs: TaskInputs, *, base: Mapping[str, Any] | None = None):
         self.inputs = inputs
@@ -370,18 +370,30 @@ class ClassificationTask:
             self._batches.batch_size = config.batch_size
         figures = train_classifier(model, self._batches, config, epochs=epochs, hooks=hooks,
                                    device=self.inputs.device, teacher=teacher,
-                                   distill=distill, labels=labels)  # fmt: skip
+                                   distill=distill, labels=labels, out=out,
+                                   resume=resume)  # fmt: skip
         figures["val_top1"] = self.score(model)
         logger.info("phase %s: %d epochs, val top-1 %.4f", phase, epochs, figures["val_top1"])
         return figures
 
-    def _top1(self, model: nn.Module, split: str) -> tuple[float, int]:
+    def _top1(self, model: nn.Module, split: str, *, shared: bool = False) -> tuple[float, int]:
+        """Top-1 on ``split`` and the images it counts. ``shared``: under ``torchrun`` each rank
+        scores its part of the images and the counts are summed, so every rank gets the same
+        figure (a collective: every rank must call it)."""
+        from yolo_prune.engine.distributed import all_reduce_sum, dist_info
         from yolo_prune.eval.accuracy import evaluate_accuracy, tensor_batches
 
         x, y = self._data()[split]
+        if shared:
+            info = dist_info(self.inputs.device)
+            rank, size = info.rank, info.world_size
+            x, y = x.tensor_split(size)[rank], y.tensor_split(size)[rank]
         acc = evaluate_accuracy(model, tensor_batches(x, y, batch_size=1000),
                                 device=self.inputs.device)  # fmt: skip
-        return acc.value, acc.total
+        correct, total = acc.correct, acc.total
+        if shared:
+            correct, total = all_reduce_sum([correct, total])
+        return (correct / total if total else 0.0), total
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         from yolo_prune.eval.detection import size_figures
@@ -395,7 +407,8 @@ class ClassificationTask:
                 "device": device_description(self.inputs.device), **figures}  # fmt: skip
 
     def score(self, model: nn.Module) -> float:
-        return self._top1(model, "val")[0]
+        """Top-1 on ``val``; under ``torchrun`` shared among the ranks, the same on each."""
+        return self._top1(model, "val", shared=True)[0]
 
     def importance(self) -> Any:
         return None  # the Fisher criterion is measured on detection data only
