@@ -143,8 +143,15 @@ class ShuffledBatches:
             flipped = torch.rand(b, generator=self.gen) < 0.5
         return dy, dx, flipped
 
-    def _apply(self, x: torch.Tensor, dy: Any, dx: Any, flipped: Any) -> torch.Tensor:
-        if dy is not None:
+    def _apply(
+        self,
+        x: torch.Tensor,
+        dy: torch.Tensor | None,
+        dx: torch.Tensor | None,
+        flipped: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``x`` [b, C, H, W] augmented with the numbers :meth:`_draw` gave for it, normalised."""
+        if dy is not None and dx is not None:
             x = self._translate(x, dy.to(x.device), dx.to(x.device))
         if flipped is not None:
             x = torch.where(flipped.to(x.device)[:, None, None, None], x.flip(-1), x)
