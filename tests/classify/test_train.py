@@ -133,9 +133,9 @@ def test_two_gloo_processes_train_as_one_process_on_the_same_batches(tmp_path):
     loss weighted by the part), so the weights are one process's; rank 0 alone checkpoints."""
     script = tmp_path / "ddp_fit.py"
     script.write_text(DDP_SCRIPT)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", str(script), str(tmp_path)], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run = subprocess.run([*launcher, str(script), str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     spec = importlib.util.spec_from_file_location("ddp_fit", script)
     module = importlib.util.module_from_spec(spec)

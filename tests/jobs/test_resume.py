@@ -56,8 +56,8 @@ main(sys.argv[3:])
 def _start_killed(phase: str, step: int, args: list[str]) -> subprocess.Popen:
     """The job ``args`` started in a process of its own, which is killed after ``step`` steps
     of ``phase``."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED), phase, str(step),
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command = [sys.executable, "-c", textwrap.dedent(KILLED), phase, str(step), *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_killed(proc: subprocess.Popen) -> None:
