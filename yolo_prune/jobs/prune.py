@@ -153,9 +153,7 @@ def check_job(
             )
 
 
-def check_resumable(
-    config: PruneJobConfig, recipe: Mapping[str, Any], task: Task
-) -> dict[str, Any] | None:
+def check_resumable(config: PruneJobConfig, recipe: Mapping[str, Any]) -> dict[str, Any] | None:
     """For ``--resume``: refuse an output folder that another recipe wrote; return the dense
     figures the killed run measured (None if it had not got that far).
 
@@ -163,11 +161,6 @@ def check_resumable(
     (``phases/<phase>/last.pt``: model, optimizer, the pruner's hook state, RNG and data
     position), so it ends with the weights an uninterrupted run would have.
     """
-    if not task.resumable:
-        raise ConfigError(
-            f"--resume: a {task.kind} job's phases keep no checkpoints yet; run it again without "
-            "--resume (a sweep still keeps its finished points)"
-        )
     written = config.out / "config.yaml"
     if written.is_file() and written.read_text() != merged_config(recipe, config.method):
         raise ConfigError(
@@ -287,7 +280,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     out = config.out
     dense_metrics = config.dense_metrics
     if config.resume:
-        dense_metrics = check_resumable(config, recipe, task) or dense_metrics
+        dense_metrics = check_resumable(config, recipe) or dense_metrics
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", merged_config(recipe, config.method))

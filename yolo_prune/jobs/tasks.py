@@ -43,7 +43,6 @@ class Task(Protocol):
     """One kind of model and data, as the prune job sees it."""
 
     kind: str  # "detection" or "classification"
-    resumable: bool  # fit(resume=True) continues a phase from its checkpoint
     metric: str  # the main figure of ``evaluate`` (higher is better), e.g. "AP50" or "top1"
     inputs: TaskInputs
 
@@ -189,7 +188,6 @@ class DetectionTask:
 
     kind = "detection"
     metric = "AP50"
-    resumable = True  # its phases checkpoint (train_detector), so a killed job can continue
     _JOB_OWNED = frozenset({"cfg", "data", "out", "epochs", "weights", "val", "resume",
                             "max_steps", "size", "device", "progress", "distill",
                             "labels"})  # fmt: skip
@@ -299,7 +297,6 @@ class ClassificationTask:
 
     kind = "classification"
     metric = "top1"
-    resumable = True  # its phases checkpoint (train_classifier), so a killed job can continue
 
     def __init__(self, inputs: TaskInputs, *, base: Mapping[str, Any] | None = None):
         self.inputs = inputs
