@@ -12,8 +12,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 .PHONY: setup test test-all demo lint
 setup: $(VENV)/.installed
 
+# Two workers (pytest-xdist): on a slow 2-core machine the suite took 362 s in one process,
+# 246 s in two.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-all: setup
 	$(PY) -m pytest -q -m 'not gpu'

@@ -177,7 +177,7 @@ def test_every_rank_leaves_the_group_after_an_error(tiny_dataset, tiny_weights, 
 LENET_TOLERANCE = 1e-6
 
 
-@pytest.mark.slow  # 17 s of three processes; tests/classify/test_train.py has a 2-process sibling
+@pytest.mark.slow  # 17 s of three processes; tests/classify/test_classify_train.py has a 2-process sibling
 def test_two_processes_prune_a_classifier_as_one_process_does(lenet_job, lenet_args, repo_cfg,
                                                              tmp_path):  # fmt: skip
     """LeNet-5 (no batch norm) under torchrun: each rank trains on its half of every batch of
