@@ -11,10 +11,13 @@ what lets a resumed run and a distributed run see exactly the images an uninterr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:  # imported where a pipeline is built: albumentations takes ~0.7 s to import
+    import albumentations as A
 
 # Grey of letterbox and affine borders (Darknet fills with 0.5).
 FILL = 127
@@ -63,6 +66,8 @@ def build_transform(
         augment: the random transforms; ``None`` means :data:`NO_AUGMENT`.
         letterbox: keep the aspect ratio and pad with grey instead of stretching.
     """
+    import albumentations as A
+
     aug = NO_AUGMENT if augment is None else augment
     h, w = size
     steps: list = []

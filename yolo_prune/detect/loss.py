@@ -21,20 +21,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import (
-    box_convert,
-    box_iou,
-    complete_box_iou_loss,
-    distance_box_iou_loss,
-    generalized_box_iou_loss,
-)
 
 from yolo_prune.darknet.graph import yolo_anchors
 
+# torchvision.ops' box losses by iou_loss name (torchvision is imported on the first loss: it
+# takes 2-3 s, which commands that never train a detector should not pay).
 _IOU_LOSSES = {
-    "ciou": complete_box_iou_loss,
-    "diou": distance_box_iou_loss,
-    "giou": generalized_box_iou_loss,
+    "ciou": "complete_box_iou_loss",
+    "diou": "distance_box_iou_loss",
+    "giou": "generalized_box_iou_loss",
 }
 
 
@@ -116,6 +111,8 @@ class YoloLoss:
         device = outputs[0].device
         anchors = self.anchors.to(device)
         targets = targets.to(device=device, dtype=torch.float32)
+        from torchvision.ops import box_convert
+
         gt_xyxy = box_convert(targets[:, 2:6], "cxcywh", "xyxy")
         # The responsible anchor of every truth: best shape IoU among all network anchors.
         shape_iou = _shape_iou(targets[:, 4:6], anchors)  # [M, K]
@@ -133,6 +130,9 @@ class YoloLoss:
 
     def _head_loss(self, raw, head: HeadSpec, targets, gt_xyxy, shape_iou, best, anchors,
                    input_hw):  # fmt: skip
+        from torchvision import ops
+        from torchvision.ops import box_convert, box_iou
+
         b, a, h, w, _ = raw.shape
         in_h, in_w = input_hw
         stride = raw.new_tensor([in_w / w, in_h / h])
@@ -198,7 +198,8 @@ class YoloLoss:
             err = ((p_xy - t_xy_cell) ** 2).sum(1) + ((p_twh - t_twh) ** 2).sum(1)
             box = head.iou_normalizer * (0.5 * scale * err).sum()
         else:
-            loss_fn = _IOU_LOSSES.get(head.iou_loss)
+            name = _IOU_LOSSES.get(head.iou_loss)
+            loss_fn = getattr(ops, name) if name else None
             p_xyxy = box_convert(p_box, "cxcywh", "xyxy")
             t_xyxy = box_convert(t_box, "cxcywh", "xyxy")
             if loss_fn is None:  # plain IoU loss

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torchvision.ops import batched_nms, box_convert
 
 from yolo_prune.detect.preprocess import ImageTransform
 
@@ -30,6 +29,8 @@ class Detections:
 
     def xywh(self) -> torch.Tensor:
         """``[N, 4]`` boxes as top-left x, y, width, height (COCO's ``bbox``), pixels."""
+        from torchvision.ops import box_convert
+
         return box_convert(self.boxes, "xyxy", "xywh")
 
     def to(self, device: torch.device | str) -> Detections:
@@ -75,6 +76,10 @@ def postprocess(
         raise ValueError(f"prediction has shape {tuple(prediction.shape)}; expected [B, N, 5 + C]")
     if transforms is not None and len(transforms) != prediction.shape[0]:
         raise ValueError(f"{len(transforms)} transforms for a batch of {prediction.shape[0]}")
+    # Imported here: torchvision takes 2-3 s to import, which a command that never runs NMS
+    # (--help, a classifier job) should not pay.
+    from torchvision.ops import batched_nms, box_convert
+
     out = []
     for b, rows in enumerate(prediction):
         # obj * p > conf implies obj > conf: a cheap first cut that drops nearly every row.
