@@ -71,7 +71,9 @@ def prune_structured(model: Darknet, ratio: float, args: argparse.Namespace) -> 
     model = copy.deepcopy(model)
     policy = ConservativePolicy(first_cap=args.first_cap, last_cap=args.last_cap)
     names, caps = prepare_targets(model, TargetConfig(), policy)
-    project = build_projection(model, names, "global-channels", criterion="l1", round_to=args.round_to)
+    project = build_projection(
+        model, names, "global-channels", criterion="l1", round_to=args.round_to
+    )
     apply_masks_(model, project(target_weights(model, names), ratio, caps=caps))
     pruned = model.zero_channel_groups()
     return shrink(fold_pruned_(model, pruned), pruned).eval()
