@@ -18,7 +18,7 @@ test: setup
 	$(PY) -m pytest -q -n 2
 
 test-all: setup
-	$(PY) -m pytest -q -m 'not gpu'
+	$(PY) -m pytest -q -n 2 -m 'not gpu'
 
 # The main job on bundled data (demo/: a real COCO-trained Yolo-Fastest and 80 COCO images):
 # remove 30% of its channels (structured: a smaller, faster network, shipped as cfg+weights,
