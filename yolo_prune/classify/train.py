@@ -29,8 +29,8 @@ from yolo_prune.engine.checkpoint import (
     restore_checkpoint,
     resume_position,
 )
-from yolo_prune.engine.distributed import all_reduce_mean, broadcast_buffers_, dist_info
-from yolo_prune.engine.hooks import Hook, TrainState
+from yolo_prune.engine.distributed import broadcast_buffers_, dist_info
+from yolo_prune.engine.hooks import Hook, LossLogHook, TrainState
 from yolo_prune.engine.loop import LossFn, Trainer, cross_entropy_loss
 from yolo_prune.engine.schedule import LRScheduleHook, WarmupCosine
 from yolo_prune.errors import ConfigError, WeightsError
@@ -150,37 +150,6 @@ class _PositionHook(Hook):
         self.batches.set_epoch(skip_steps=state.epoch_step)
 
 
-class _FiguresHook(Hook):
-    """Each epoch's mean training loss, averaged over the ranks, with the other figures hooks
-    logged; checkpointed, so that a resumed phase reports what an uninterrupted one does."""
-
-    def __init__(self) -> None:
-        self.total, self.steps = 0.0, 0  # this epoch's loss sum and steps so far
-        self.last: dict[str, float] = {}  # the figures of the last finished epoch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "steps": self.steps, "last": dict(self.last)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.total, self.steps = float(state["total"]), int(state["steps"])
-        self.last = {k: float(v) for k, v in state["last"].items()}
-
-    def before_epoch(self, state: TrainState) -> None:
-        if state.epoch_step == 0:  # not a resumed epoch: its sums so far came with the checkpoint
-            self.total, self.steps = 0.0, 0
-
-    def after_step(self, state: TrainState) -> None:
-        if state.loss is not None:
-            self.total += float(state.loss.detach())
-            self.steps += 1
-
-    def epoch_end(self, state: TrainState) -> None:
-        state.log.update(all_reduce_mean({"loss": self.total / max(self.steps, 1)}))
-        self.last = {k: float(v) for k, v in state.log.items()}
-        logger.info("epoch %d: %s", state.epoch,
-                    " ".join(f"{k}={v:.4g}" for k, v in self.last.items()))  # fmt: skip
-
-
 def train_classifier(
     model: nn.Module,
     batches: ShuffledBatches,
@@ -238,7 +207,7 @@ def train_classifier(
     batches.shard(rank=info.rank, world_size=info.world_size)
     optimizer = build_optimizer(model, config)
     steps = min(config.steps_per_epoch or len(batches), len(batches))
-    figures = _FiguresHook()
+    figures = LossLogHook()
     extra: list[Hook] = [figures]
     if config.schedule == "cosine":
         extra.insert(0, LRScheduleHook(WarmupCosine(total_steps=max(1, epochs * steps),

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from yolo_prune.engine.distributed import all_reduce_mean
+
 logger = logging.getLogger(__name__)
 
 
@@ -82,14 +84,26 @@ class Hook:
 
 
 class LossLogHook(Hook):
-    """Keep the running mean of the training loss in ``state.log['loss']`` and log each epoch."""
+    """Keep the running mean of the epoch's training loss in ``state.log['loss']``; at the
+    epoch's end, average it over the ranks (under ``torchrun``), keep every figure of
+    ``state.log`` in :attr:`last` and log them. Checkpointed, so that a resumed epoch reports
+    the figures an uninterrupted one does."""
 
     def __init__(self) -> None:
-        self._sum = 0.0
+        self._sum = 0.0  # this epoch's loss sum and steps so far
         self._n = 0
+        self.last: dict[str, float] = {}  # the figures of the last finished epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sum": self._sum, "n": self._n, "last": dict(self.last)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sum, self._n = float(state["sum"]), int(state["n"])
+        self.last = {k: float(v) for k, v in state["last"].items()}
 
     def before_epoch(self, state: TrainState) -> None:
-        self._sum, self._n = 0.0, 0
+        if state.epoch_step == 0:  # a resumed epoch's sums so far came with the checkpoint
+            self._sum, self._n = 0.0, 0
 
     def after_step(self, state: TrainState) -> None:
         if state.loss is not None:
@@ -98,5 +112,8 @@ class LossLogHook(Hook):
             state.log["loss"] = self._sum / self._n
 
     def epoch_end(self, state: TrainState) -> None:
-        figures = " ".join(f"{k}={v:.4g}" for k, v in state.log.items())
+        if self._n:
+            state.log.update(all_reduce_mean({"loss": self._sum / self._n}))
+        self.last = {k: float(v) for k, v in state.log.items()}
+        figures = " ".join(f"{k}={v:.4g}" for k, v in self.last.items())
         logger.info("epoch %d: %s", state.epoch, figures)
