@@ -184,7 +184,8 @@ def test_ratio_outside_unit_interval_is_an_error(ratio):
 
 def test_unknown_projection_is_an_error():
     with pytest.raises(
-        PruneError, match="unknown projection 'glob'; choose one of: global, global-channels, layer"
+        PruneError,
+        match="unknown projection 'glob'; choose one of: global, global-channels, global-lamp, ",
     ):
         P.get_projection("glob")
     with pytest.raises(PruneError, match="projection 'filter' is now called 'layer-filters'"):
@@ -248,3 +249,36 @@ def test_smallest_k_respects_candidates():
     cand = torch.tensor([False, True, False, True])
     (m,) = P.smallest_k([v], 1, candidates=[cand])
     assert m.tolist() == [False, True, False, False]
+
+
+def test_lamp_scores_are_the_paper_formula_by_brute_force():
+    # score(u) = w_u^2 / sum of w_v^2 over every v with |w_v| >= |w_u| (no ties here).
+    w = torch.tensor([[0.5, -2.0], [1.0, -0.1]])
+    sq = w.flatten().pow(2)
+    want = torch.stack([sq[i] / sq[sq >= sq[i]].sum() for i in range(4)]).view(2, 2)
+    assert torch.allclose(P.lamp_scores(w), want)
+    assert P.lamp_scores(w).max() == 1.0  # a layer's largest weight scores 1
+
+
+def test_global_lamp_keeps_magnitude_order_within_a_layer_but_moves_the_shares():
+    # Layer "small" has weights 100x smaller than "big": global magnitude empties it first,
+    # LAMP prunes each layer in proportion to how its energy is spread (here: the same shape,
+    # so about the same fraction of each).
+    g = torch.Generator().manual_seed(0)
+    weights = {"big": torch.randn(400, generator=g), "small": torch.randn(400, generator=g) / 100}
+    with pytest.raises(PruneError, match="would remove all"):
+        P.project_global(weights, 0.6)
+    masks = P.get_projection("global-lamp")(weights, 0.6)
+    assert _pruned(masks) == 480
+    assert 0.4 < (~masks["small"]).float().mean() < 0.8
+    for n, w in weights.items():  # within a layer the largest |w| are the ones kept
+        assert w[masks[n]].abs().min() >= w[~masks[n]].abs().max()
+
+
+def test_global_lamp_respects_caps(case):
+    weights = _weights(case)
+    first = next(iter(weights))
+    masks = P.project_global_lamp(weights, 0.7, caps={first: 0.1})
+    n = sum(w.numel() for w in weights.values())
+    assert _pruned(masks) == round(0.7 * n)
+    assert int((~masks[first]).sum()) <= math.floor(0.1 * weights[first].numel())

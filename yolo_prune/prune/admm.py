@@ -9,7 +9,8 @@ weights that satisfy the sparsity constraint. ADMM splits ``W`` and a copy ``Z i
 * start: ``Z0 = project(W0)``, ``U0 = 0``.
 
 The projection is where methods differ: ``global`` (one ratio over all targets, optionally
-with the conservative policy's caps: ours), ``layer`` (a ratio per layer: the layer-wise
+with the conservative policy's caps: ours; ``global-lamp`` ranks on LAMP scores instead of
+``|w|``), ``layer`` (a ratio per layer: the layer-wise
 baseline), or a structured one (``filter``/``channel``/``shape``, as in ADAM-ADMM). Any optimizer
 works (SGD, or Adam for ADAM-ADMM): the penalty's gradient ``rho * (W - Z + U)`` is added to
 ``W.grad`` in ``after_backward``, which is the same as adding the penalty to the loss but costs
@@ -181,7 +182,8 @@ class ADMMConfig(WeightProjection, ADMMSchedule):
 class LayerwiseADMMConfig(ADMMConfig):
     """Layer-wise ADMM (Zhang et al. 2018): the same ``ratio`` removed from every layer."""
 
-    projection: str = "layer"  # global | layer | layer-filters | layer-inputs | layer-shapes
+    projection: str = "layer"  # global | global-lamp | layer | layer-filters | layer-inputs |
+    # layer-shapes
 
 
 @dataclass(frozen=True)

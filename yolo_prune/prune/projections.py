@@ -2,7 +2,8 @@
 
 Every projection takes ``weights``, a mapping ``name -> Tensor`` (any shapes), and a ratio ``r``
 in ``[0, 1)``, and returns ``name -> bool Tensor`` of the same shapes, ``True`` where a weight
-is kept. Which weights go is decided by magnitude (``|w|`` or the norm of a group of weights).
+is kept. Which weights go is decided by magnitude (``|w|`` or the norm of a group of weights),
+or for ``global-lamp`` by LAMP scores (``|w|`` relative to the larger weights of its layer).
 
 Exact counts: asking for ratio ``r`` over ``n`` items prunes exactly ``round(r * n)`` of them
 (Python's ``round``). Items: all weights together (``global``), each layer's weights (``layer``),
@@ -277,6 +278,39 @@ def project_global(
             raise _empty_layer_error(n, size, f"global ratio {ratio}")
         masks[n] = p.logical_not_()
     return masks
+
+
+def lamp_scores(w: torch.Tensor) -> torch.Tensor:
+    """LAMP scores of one layer's weights (Lee et al., ICLR 2021): ``w_u^2`` over the sum of
+    ``w_v^2`` of every weight of the layer at least as large as ``u``.
+
+    Within a layer the order is that of ``|w|``; across layers the scores are comparable, so a
+    global cut on them chooses how much each layer keeps (its smallest-largest weight scores 1,
+    so no layer is emptied). Ties in ``|w|`` are ordered by flat index, smaller index first.
+    """
+    sq = w.detach().flatten().float().pow(2)
+    order = torch.argsort(sq, stable=True)
+    ranked = sq[order]
+    above = ranked.flip(0).cumsum(0).flip(0)  # sum of the weights from this one up
+    scores = torch.empty_like(sq)
+    scores[order] = ranked / above.clamp_min(torch.finfo(above.dtype).tiny)
+    return scores.view(w.shape)
+
+
+@torch.no_grad()
+def project_global_lamp(
+    weights: Mapping[str, torch.Tensor],
+    ratio: float,
+    *,
+    caps: Mapping[str, float] | None = None,
+) -> Masks:
+    """:func:`project_global` on :func:`lamp_scores` instead of ``|w|``: one global ratio,
+    with each layer's share set by how much of its energy its small weights carry rather than
+    by their raw size (a layer of small weights is not emptied for being small).
+
+    Within a layer the same weights go as by magnitude, so ``caps`` mean the same.
+    """
+    return project_global({n: lamp_scores(w) for n, w in weights.items()}, ratio, caps=caps)
 
 
 @torch.no_grad()
@@ -634,6 +668,7 @@ def project_channel_groups_global(
 # cuts with "global-channels").
 PROJECTIONS: dict[str, Projection] = {
     "global": project_global,
+    "global-lamp": project_global_lamp,
     "layer": project_layerwise,
     "layer-filters": project_filters,
     "layer-inputs": project_channels,
@@ -646,7 +681,7 @@ RENAMED = {"filter": "layer-filters", "channel": "layer-inputs", "shape": "layer
 
 
 def get_projection(name: str, *, norm: str | None = None) -> Projection:
-    """The projection called ``name`` (``global``, ``layer``, ``layer-filters``,
+    """The projection called ``name`` (``global``, ``global-lamp``, ``layer``, ``layer-filters``,
     ``layer-inputs``, ``layer-shapes``, ``global-channels``).
 
     ``norm`` (``l1``/``l2``) applies to the structured ones only.

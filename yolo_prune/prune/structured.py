@@ -124,7 +124,7 @@ class WeightProjection:
     channel groups). Mixed in before a schedule, whose checks its own precede:
     ``class MagnitudeConfig(WeightProjection, MagnitudeSchedule)``."""
 
-    # global | layer | layer-filters | layer-inputs | layer-shapes | global-channels
+    # global | global-lamp | layer | layer-filters | layer-inputs | layer-shapes | global-channels
     projection: str = "global"
     norm: str | None = None  # l1 | l2 group norm for structured projections (default l2)
 
