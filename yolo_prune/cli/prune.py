@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yolo_prune.cli.common import add_latency_argument, add_progress_argument
 from yolo_prune.engine.distributed import dist_info
 from yolo_prune.errors import ConfigError, require_file
+
+if TYPE_CHECKING:
+    from yolo_prune.jobs.prune import PruneJobConfig
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -169,21 +172,13 @@ def needs_ratio(recipe: dict[str, Any], method: str) -> bool:
     return "ratio" in fields and options.get("ratio") is None and not options.get("ratios")
 
 
-def run(args: argparse.Namespace) -> int:
-    from yolo_prune.jobs.prune import PruneJobConfig, check_job, format_report, run_prune
+def job_config(args: argparse.Namespace, recipe: dict[str, Any], method: str) -> PruneJobConfig:
+    """The prune job that ``args`` (the flags common to ``prune`` and ``sweep``) ask for."""
+    from yolo_prune.jobs.prune import PruneJobConfig
 
-    recipe = recipe_from_args(args)
-    inputs = job_inputs(args, recipe)
-    method = recipe.get("method") or "admm"
-    if recipe.get("ratio") is None and recipe.get("flops") is None and needs_ratio(recipe, method):
-        raise ConfigError("no ratio: give --ratio R (the fraction of weights to remove, e.g. 0.5)")
-    if args.flops is not None and args.ratio is not None:
-        raise ConfigError("give --ratio or --flops, not both (--flops searches the ratio)")
-    if args.flops is not None and not 0 < args.flops < 1:
-        raise ConfigError(f"--flops {args.flops}; expected a fraction of the dense FLOPs in (0, 1)")
     main = dist_info(args.device).is_main  # under torchrun, rank 0 alone prints
-    config = PruneJobConfig(
-        **inputs,
+    return PruneJobConfig(
+        **job_inputs(args, recipe),
         out=args.out,
         recipe=recipe,
         method=method,
@@ -196,9 +191,23 @@ def run(args: argparse.Namespace) -> int:
         max_val_images=args.max_val_images,
         resume=args.resume,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from yolo_prune.jobs.prune import check_job, format_report, run_prune
+
+    recipe = recipe_from_args(args)
+    method = recipe.get("method") or "admm"
+    if recipe.get("ratio") is None and recipe.get("flops") is None and needs_ratio(recipe, method):
+        raise ConfigError("no ratio: give --ratio R (the fraction of weights to remove, e.g. 0.5)")
+    if args.flops is not None and args.ratio is not None:
+        raise ConfigError("give --ratio or --flops, not both (--flops searches the ratio)")
+    if args.flops is not None and not 0 < args.flops < 1:
+        raise ConfigError(f"--flops {args.flops}; expected a fraction of the dense FLOPs in (0, 1)")
+    config = job_config(args, recipe, method)
     check_job(recipe, config.task(), [method])
     report = run_prune(config)
-    if main:
+    if dist_info(args.device).is_main:  # under torchrun, rank 0 alone prints
         print(format_report(report), end="")
         print(f"outputs: {args.out}/ (report.md, report.json, pruned.weights, pruned.sparse, ...)")
     return 0

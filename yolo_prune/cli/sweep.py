@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from yolo_prune.cli.prune import add_common, job_inputs, recipe_from_args
+from yolo_prune.cli.prune import add_common, job_config, recipe_from_args
 from yolo_prune.engine.distributed import dist_info
 from yolo_prune.errors import ConfigError
 
@@ -52,13 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from yolo_prune.jobs.prune import PruneJobConfig
     from yolo_prune.jobs.recipe import variant_options
     from yolo_prune.jobs.sweep import SweepConfig, format_table, run_sweep
     from yolo_prune.prune import build_config
 
     recipe = recipe_from_args(args)
-    inputs = job_inputs(args, recipe)
     methods = args.methods or (recipe.get("method") or "admm",)
     if methods == ("all",):  # every variant of the recipe, in its order
         methods = tuple(recipe["methods"]) or ("admm",)
@@ -68,21 +66,8 @@ def run(args: argparse.Namespace) -> int:
                                           method))  # fmt: skip
     if not args.ratios:
         raise ConfigError("--ratios is empty; give e.g. 0.5,0.7,0.9")
+    job = job_config(args, recipe, methods[0])
     main = dist_info(args.device).is_main  # under torchrun, rank 0 alone prints
-    job = PruneJobConfig(
-        **inputs,
-        out=args.out,
-        recipe=recipe,
-        method=methods[0],
-        device=args.device,
-        progress=not args.no_progress and main,
-        latency=not args.no_latency,
-        deploy=not args.no_deploy,
-        calib_images=args.calib_images,
-        val_split=args.val_split,
-        max_val_images=args.max_val_images,
-        resume=args.resume,
-    )
 
     def show(row: dict) -> None:
         metric = "top1" if row.get("top1") is not None else "AP50"
