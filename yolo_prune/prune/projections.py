@@ -24,7 +24,8 @@ around the k-th smallest magnitude from a fixed-seed sample, marks everything be
 what falls inside in one streaming pass per tensor (comparing ``w`` against ``+-t``, so no ``|W|``
 copy), and selects among those few. It is exact, and takes 0.17-0.28 s for yolov4's 64M conv
 weights on 2 CPU cores (``scripts/bench_projection.py``); per-layer caps add one such selection
-per capped layer.
+per capped layer. ``global-lamp`` sorts each layer once for its scores, then selects the
+same way.
 """
 
 from __future__ import annotations
