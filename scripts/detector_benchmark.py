@@ -318,6 +318,9 @@ def main() -> None:
     argv = sys.argv[1:]
     a = p.parse_args()
     wanted = set(a.methods.split(","))
+    chosen = set(a.parts.split(","))  # a set: "structured" is a substring of "unstructured"
+    if not chosen <= {"structured", "unstructured"}:
+        p.error(f"--parts {a.parts}: expected structured, unstructured or both")
     for model in a.models.split(","):
         cfg, weights_file, _ = MODELS[model]
         root = (a.out / model).resolve()
@@ -329,10 +332,10 @@ def main() -> None:
         weights = SHARED / "weights" / weights_file
         rows = []
         parts = []
-        if "structured" in a.parts:
+        if "structured" in chosen:
             parts += [("structured", f"flops{f}", ("--flops", f), STRUCTURED, "ours")
                       for f in a.flops.split(",")]  # fmt: skip
-        if "unstructured" in a.parts:
+        if "unstructured" in chosen:
             parts += [("unstructured", f"r{r}", ("--ratio", r), UNSTRUCTURED, "ours-u")
                       for r in a.ratios.split(",")]  # fmt: skip
         for part, target, flag, methods, ours in parts:
