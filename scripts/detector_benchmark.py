@@ -110,6 +110,30 @@ def bench_recipe(model: str, epochs: int, admm_epochs: int, *, labels: float = 0
     }
 
 
+def plan(parts: str, flops: str, ratios: str, methods: str) -> list[tuple[str, str, tuple, str]]:
+    """The points to run, in order: ``(part, target folder, CLI flag, method)``.
+
+    Raises:
+        ValueError: an unknown part or method.
+    """
+    chosen = parts.split(",")  # whole names: "structured" is a substring of "unstructured"
+    wanted = methods.split(",")
+    for name, given, known in (("--parts", chosen, ("structured", "unstructured")),
+                               ("--methods", wanted, STRUCTURED + UNSTRUCTURED)):  # fmt: skip
+        unknown = [x for x in given if x not in known]
+        if unknown:
+            raise ValueError(f"{name}: unknown {', '.join(unknown)}; expected some of "
+                             f"{', '.join(known)}")  # fmt: skip
+    points = []
+    if "structured" in chosen:
+        points += [("structured", f"flops{f}", ("--flops", f), m)
+                   for f in flops.split(",") for m in STRUCTURED if m in wanted]  # fmt: skip
+    if "unstructured" in chosen:
+        points += [("unstructured", f"r{r}", ("--ratio", r), m)
+                   for r in ratios.split(",") for m in UNSTRUCTURED if m in wanted]  # fmt: skip
+    return points
+
+
 def prune(point: Path, recipe: Path, cfg: str, weights: Path, data: Path, method: str,
           *extra: str) -> dict:  # fmt: skip
     """One ``yolo-prune prune`` point; its report, or its error when the run failed."""
@@ -317,10 +341,13 @@ def main() -> None:
                    "beside dense in one run at the end")  # fmt: skip
     argv = sys.argv[1:]
     a = p.parse_args()
-    wanted = set(a.methods.split(","))
-    chosen = set(a.parts.split(","))  # a set: "structured" is a substring of "unstructured"
-    if not chosen <= {"structured", "unstructured"}:
-        p.error(f"--parts {a.parts}: expected structured, unstructured or both")
+    try:
+        planned = plan(a.parts, a.flops, a.ratios, a.methods)
+    except ValueError as e:
+        p.error(str(e))
+    unknown = [m for m in a.models.split(",") if m not in MODELS]
+    if unknown:  # before any point runs
+        p.error(f"--models: unknown {', '.join(unknown)}; expected some of {', '.join(MODELS)}")
     for model in a.models.split(","):
         cfg, weights_file, _ = MODELS[model]
         root = (a.out / model).resolve()
@@ -331,24 +358,17 @@ def main() -> None:
         recipe.write_text(yaml.safe_dump(written, sort_keys=False))
         weights = SHARED / "weights" / weights_file
         rows = []
-        parts = []
-        if "structured" in chosen:
-            parts += [("structured", f"flops{f}", ("--flops", f), STRUCTURED, "ours")
-                      for f in a.flops.split(",")]  # fmt: skip
-        if "unstructured" in chosen:
-            parts += [("unstructured", f"r{r}", ("--ratio", r), UNSTRUCTURED, "ours-u")
-                      for r in a.ratios.split(",")]  # fmt: skip
-        for part, target, flag, methods, ours in parts:
-            for method in [m for m in methods if m in wanted]:
-                point = root / part / target / method
-                report = prune(point, recipe, cfg, weights, a.data, method, *flag)
-                if method == ours and part == "structured":
-                    report = relax_caps(report, point, recipe, cfg, weights, a.data, flag)
-                rows.append({"part": part, "cpu": cpu(), **row(method, target, report)})
-                if method != ours and "error" not in report:
-                    mine = root / part / target / ours
-                    if (mine / "report.json").is_file():
-                        rows[-1]["vs_ours"] = compare(a.data, mine, point)
+        for part, target, flag, method in planned:
+            ours = "ours" if part == "structured" else "ours-u"  # first in its part's list
+            point = root / part / target / method
+            report = prune(point, recipe, cfg, weights, a.data, method, *flag)
+            if method == ours and part == "structured":
+                report = relax_caps(report, point, recipe, cfg, weights, a.data, flag)
+            rows.append({"part": part, "cpu": cpu(), **row(method, target, report)})
+            if method != ours and "error" not in report:
+                mine = root / part / target / ours
+                if (mine / "report.json").is_file():
+                    rows[-1]["vs_ours"] = compare(a.data, mine, point)
         if a.retime:
             retime(root, rows, cfg, weights)
         (root / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
