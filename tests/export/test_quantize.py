@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from yolo_prune.cli.main import main
 from yolo_prune.errors import ConfigError, DataError
@@ -306,6 +307,76 @@ def test_kinds_are_found_by_graph_inspection(fastest):
         assert conv.name not in heads
     unskipped = quantize.find_float_nodes(proto, ("linear",))
     assert set(unskipped) == {n.name for n in linear} | set(heads)  # the heads are linear too
+
+
+def test_the_stem_is_the_conv_reading_the_image_with_its_activation(fastest):
+    proto = onnx.load(str(fastest["float"]))
+    quantize._name_nodes_(proto)
+    by_name = {n.name: n for n in proto.graph.node}
+    stem = [by_name[n] for n in quantize.find_float_nodes(proto, ["stem"])]
+    # Yolo-Fastest: one conv reads the image; its leaky ReLU feeds a conv, not a pool.
+    assert [n.op_type for n in stem] == ["Conv", "LeakyRelu"]
+    assert stem[0].input[0] == "images" and stem[1].input[0] == stem[0].output[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_stem(repo_cfg, randomize, tmp_path_factory) -> dict:
+    """yolov3-tiny at 96 (random weights), INT8 with its stem float: conv, leaky ReLU, pool."""
+    from yolo_prune.darknet import Darknet
+
+    root = tmp_path_factory.mktemp("stem")
+    model = randomize(Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=96))
+    float_path, int8_path = root / "float.onnx", root / "int8.onnx"
+    export_onnx(model, float_path, input_shape=model.input_shape)
+    rng = np.random.default_rng(3)
+    batches = [rng.random((1, 3, 96, 96), dtype=np.float32) for _ in range(2)]
+    summary = quantize.quantize_onnx_int8(
+        float_path, int8_path, calibration=batches, keep_float=("linear", "stem")
+    )
+    return {"int8": int8_path, "summary": summary, "x": batches[0]}
+
+
+def test_a_float_stem_takes_the_max_pool_it_feeds_alone(tiny_stem):
+    proto = onnx.load(str(tiny_stem["int8"]))
+    kept = set(tiny_stem["summary"]["float_nodes"])
+    compute = [
+        n for n in proto.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+    ]
+    assert [(n.op_type, n.name in kept) for n in compute[:4]] == [
+        ("Conv", True),
+        ("LeakyRelu", True),
+        ("MaxPool", True),
+        ("Conv", False),
+    ]
+    assert compute[0].input[0] == "images"  # no QuantizeLinear before the stem
+    assert tiny_stem["summary"]["quantized_convs"] == 13 - 2 - 1  # heads and stem float
+
+
+def _first_pool_input(path: Path, disabled: list[str], tmp_path: Path) -> str:
+    """The op that feeds the first max pool of the graph ORT actually runs."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(
+        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+    )
+    proto = onnx.load(options.optimized_model_filepath)
+    producers = _producers(proto)
+    pool = next(n for n in proto.graph.node if "MaxPool" in n.op_type)
+    return producers[pool.input[0]].op_type
+
+
+def test_our_runtime_keeps_the_pool_after_a_float_stem_float(tiny_stem, tmp_path):
+    from yolo_prune.runtime.onnxrt import DISABLED_OPTIMIZERS, load_onnx_model
+
+    # ORT by itself moves the pool's QuantizeLinear above it (a uint8 pool in NCHW, slow);
+    # the sessions our runtime opens do not.
+    assert _first_pool_input(tiny_stem["int8"], [], tmp_path) == "QuantizeLinear"
+    assert _first_pool_input(tiny_stem["int8"], DISABLED_OPTIMIZERS, tmp_path) != "QuantizeLinear"
+    model = load_onnx_model(tiny_stem["int8"], threads=1)
+    plain = _session(tiny_stem["int8"]).run(None, {"images": tiny_stem["x"]})[0]
+    ours = model(torch.from_numpy(tiny_stem["x"])).numpy()
+    np.testing.assert_allclose(ours, plain, rtol=0, atol=1e-4)  # a pool commutes with rounding
 
 
 @pytest.fixture(scope="module")

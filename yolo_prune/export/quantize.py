@@ -37,6 +37,23 @@ What stays float, and why:
   none but its heads). Measured: +1.2 AP50 on Yolo-Fastest at no speed cost.
   ``"depthwise"`` (group convs of one channel per group, with their activation) and
   ``"activations"`` can be kept float too; both were measured and do not pay (table below).
+* The stem (``"stem"``): the convolution that reads the image, its activation, and a max pool
+  it feeds alone. With three input channels ORT's int8 convolution is slower than its float
+  one, which also fuses the activation: yolov3-tiny's first conv at 320 took 11.6 ms as
+  QLinearConv, plus 2.0 ms of QLinearLeakyRelu and 0.5 ms quantizing the image, against
+  4.8 ms in float (ORT profile, 1 thread, AMD EPYC [avx2, no VNNI], under load; session 15).
+  Kept float, it hands ORT a float max pool followed by a QuantizeLinear, which ORT's
+  QDQ propagation moves above the pool: the pool then runs in uint8 in NCHW, ORT's slow
+  layout (18.5 ms). The sessions :mod:`yolo_prune.runtime.onnxrt` opens disable that
+  transformer; a plain ORT session of such a file is slower than the all-int8 one.
+  Measured (session 15, AP50 on the 64 val images with ``compare_points.py``; speed-up over
+  the float file, ORT side by side with spinning off, 1 / 2 threads): yolov3-tiny AP50 43.28
+  with the stem float against 42.80 all-int8 and 41.87 float, 1.66x / 1.43x against 1.49x /
+  1.25x; its 30%-channel shrunk model 26.02 against 24.39 (float 24.59). Yolo-Fastest gains
+  no speed (0.91x / 0.89x against 0.80x / 0.88x) and loses AP50: 40.92 against 42.00 (float
+  42.70), and its shrunk model 14.55 against 16.56 (float 19.44; -4.89 [-9.09, -0.22] against
+  float). So ``"stem"`` is not a default: pass ``--int8-keep-float linear,stem`` for a
+  yolov3-tiny-like model whose stem runs at full resolution before a max pool.
 * A max pool that Darknet pads with -inf (yolov3-tiny's stride-1 pool) is padded with edge
   values instead (:func:`edge_pad_max_pools_`: the same maxima exactly); an infinite range
   made every scale after it inf and the INT8 model's output zero.
@@ -295,7 +312,7 @@ ACTIVATION_OPS = frozenset(
     {"LeakyRelu", "Relu", "Sigmoid", "Tanh", "Mish", "Softplus", "HardSigmoid", "HardSwish", "Elu"}
 )
 # The kinds of node :func:`find_float_nodes` recognizes, by the name a user types.
-FLOAT_KINDS = ("depthwise", "linear", "activations")
+FLOAT_KINDS = ("depthwise", "linear", "activations", "stem")
 
 
 def check_float_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
@@ -338,7 +355,9 @@ def find_float_nodes(model: Any, kinds: Sequence[str], *, skip: Sequence[str] = 
       activation each feeds alone, so that ORT can still fuse the two into one float kernel;
     * ``"linear"``: convolutions whose output reaches no activation op (the 1x1 bottlenecks
       before a residual add);
-    * ``"activations"``: every activation op (:data:`ACTIVATION_OPS`) that a convolution feeds.
+    * ``"activations"``: every activation op (:data:`ACTIVATION_OPS`) that a convolution feeds;
+    * ``"stem"``: convolutions that read a graph input (the image), and the activation each
+      feeds alone: ORT's int8 kernels are slow with three input channels.
 
     Args:
         model: an ``onnx.ModelProto`` whose nodes all have names.
@@ -353,6 +372,7 @@ def find_float_nodes(model: Any, kinds: Sequence[str], *, skip: Sequence[str] = 
     """
     kinds = check_float_kinds(kinds)
     consumers = _consumers(model)
+    inputs = {i.name for i in model.graph.input}
     skipped = set(skip)
     found: set[str] = set()
     for node in model.graph.node:
@@ -368,6 +388,13 @@ def find_float_nodes(model: Any, kinds: Sequence[str], *, skip: Sequence[str] = 
             found.add(node.name)
         if "activations" in kinds:
             found.update(a.name for a in activations)
+        if "stem" in kinds and node.input[0] in inputs:
+            found.add(node.name)
+            if len(users) == 1 and activations:
+                found.add(activations[0].name)
+                after = consumers.get(activations[0].output[0], [])
+                if len(after) == 1 and after[0].op_type == "MaxPool":
+                    found.add(after[0].name)
     return [n.name for n in model.graph.node if n.name in found]
 
 
