@@ -356,8 +356,9 @@ def find_float_nodes(model: Any, kinds: Sequence[str], *, skip: Sequence[str] = 
     * ``"linear"``: convolutions whose output reaches no activation op (the 1x1 bottlenecks
       before a residual add);
     * ``"activations"``: every activation op (:data:`ACTIVATION_OPS`) that a convolution feeds;
-    * ``"stem"``: convolutions that read a graph input (the image), and the activation each
-      feeds alone: ORT's int8 kernels are slow with three input channels.
+    * ``"stem"``: convolutions that read a graph input (the image), the activation each feeds
+      alone, and a max pool that activation feeds alone: ORT's int8 kernels are slow with
+      three input channels.
 
     Args:
         model: an ``onnx.ModelProto`` whose nodes all have names.
