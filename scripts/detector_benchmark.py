@@ -4,7 +4,7 @@
     .venv/bin/python scripts/detector_benchmark.py [--out runs/detector_benchmark]
         [--models yolov3-tiny,yolo-fastest] [--epochs 5] [--admm-epochs 5] [--labels 0]
         [--round-to 8]
-        [--flops 0.65,0.45] [--ratios 0.5,0.7,0.9] [--parts structured,unstructured]
+        [--flops 0.65,0.45] [--ratios 0.5,0.7,0.9] [--parts structured,unstructured] [--jobs 2]
 
 For each model (real COCO weights, input 320, fine-tuned on the 128 coco128 train images,
 scored on its 64 val images), every point is one ``yolo-prune prune`` run of a recipe the script
@@ -25,6 +25,10 @@ only in how they choose what to remove:
 * unstructured, at each ``--ratios``: ``ours-u`` (global ADMM, conservative policy) against
   ``magnitude`` (one-shot global magnitude), same fine-tuning.
 
+Points run ``--jobs`` at a time (default 2), each ``yolo-prune`` process on its share of the
+CPU cores (``OMP_NUM_THREADS``): two one-thread trainings on two cores get through more epochs
+an hour than one two-thread training, whose small convolutions do not use both cores fully.
+
 Latency: at the end, ``yolo-prune bench`` times the dense model and every shrunk model side by
 side in one run (batch 1, each in our PyTorch form, ONNX Runtime and OpenCV; the fastest is
 the row's figure), so the methods compare on the same machine state; each job's own timing is
@@ -42,10 +46,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -134,8 +141,21 @@ def plan(parts: str, flops: str, ratios: str, methods: str) -> list[tuple[str, s
     return points
 
 
+@dataclass(frozen=True)
+class Calls:
+    """How this script's CLI calls run: ``threads`` CPU threads each (``OMP_NUM_THREADS``),
+    and ``latency``: whether each ``prune`` times its models (not when ``retime`` will)."""
+
+    threads: int
+    latency: bool = True
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+
+
 def prune(point: Path, recipe: Path, cfg: str, weights: Path, data: Path, method: str,
-          *extra: str) -> dict:  # fmt: skip
+          *extra: str, calls: Calls) -> dict:  # fmt: skip
     """One ``yolo-prune prune`` point; its report, or its error when the run failed."""
     report = point / "report.json"
     if report.is_file():
@@ -144,11 +164,11 @@ def prune(point: Path, recipe: Path, cfg: str, weights: Path, data: Path, method
     args = ["prune", "--recipe", str(recipe), "--cfg", cfg, "--weights", str(weights),
             "--data", str(data),
             "--method", method, "--out", str(point), "--no-deploy", "--no-progress",
-            *extra]  # fmt: skip
+            *([] if calls.latency else ["--no-latency"]), *extra]  # fmt: skip
     print("+ yolo-prune " + " ".join(args), flush=True)
     t0 = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "yolo_prune.cli.main", *args], cwd=ROOT,
-                         capture_output=True, text=True)  # fmt: skip
+                         capture_output=True, text=True, env=calls.env)  # fmt: skip
     (point / "log.txt").write_text(run.stdout + run.stderr)
     if run.returncode != 0:
         lines = [x for x in run.stderr.strip().splitlines() if x.strip()]
@@ -164,7 +184,7 @@ LAST_CAPS = (0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def relax_caps(report: dict, point: Path, recipe: Path, cfg: str, weights: Path, data: Path,
-               flag: tuple[str, ...]) -> dict:  # fmt: skip
+               flag: tuple[str, ...], calls: Calls) -> dict:  # fmt: skip
     """Ours at a FLOPs target its caps cannot reach (any layer at most half: yolov3-tiny with
     multiples of 8 channels stops at 0.50x): the least relaxation of ``last_cap`` that reaches
     it, the first cap kept; the row's ``last_cap`` says which ran. The rivals have no caps."""
@@ -173,11 +193,11 @@ def relax_caps(report: dict, point: Path, recipe: Path, cfg: str, weights: Path,
             break
         print(f"  ours: caps too tight for {' '.join(flag)}; last_cap {cap}", flush=True)
         report = prune(point, recipe, cfg, weights, data, "ours", *flag,
-                       "--set", f"methods.ours.policy.last_cap={cap}")  # fmt: skip
+                       "--set", f"methods.ours.policy.last_cap={cap}", calls=calls)  # fmt: skip
     return report
 
 
-def compare(val: Path, ours: Path, rival: Path) -> dict:
+def compare(val: Path, ours: Path, rival: Path, calls: Calls) -> dict:
     """Paired bootstrap of AP50, ours minus rival, over the val images; a kept result is
     reused only if it is newer than both points' reports (a point run again is compared
     again)."""
@@ -186,7 +206,7 @@ def compare(val: Path, ours: Path, rival: Path) -> dict:
     if not out.is_file() or out.stat().st_mtime < newest:
         subprocess.run([sys.executable, "scripts/compare_points.py", "--data", str(val),
                         "--a", str(ours), "--b", str(rival), "--out", str(out)],
-                       cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+                       cwd=ROOT, check=True, capture_output=True, env=calls.env)  # fmt: skip
     return json.loads(out.read_text())
 
 
@@ -216,6 +236,10 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def _ms(x) -> str:
+    return "-" if not x else f"{x:.1f}"
+
+
 def markdown(model: str, rows: list[dict], argv: list[str]) -> str:
     lines = [f"# {model}: pruning methods at equal cost, same fine-tuning", "",
              f"`{' '.join(['python', 'scripts/detector_benchmark.py', *argv])}`", "",
@@ -237,13 +261,14 @@ def markdown(model: str, rows: list[dict], argv: list[str]) -> str:
         name = r["method"] + (f" (last_cap {cap})" if relaxed else "")
         lines.append(
             f"| {r['part']} | {r['target']} | {name} | {_pct(r['AP50'])} | {ci} | "
-            f"{r['gflops']:.3f} ({r['gflops_fraction']:.3f}) | {r['latency_ms'] or 0:.1f} | "
+            f"{r['gflops']:.3f} ({r['gflops_fraction']:.3f}) | {_ms(r['latency_ms'])} | "
             f"{r['ratio']} | {res} | {r['minutes']:.1f} |"
         )
-    dense = next((r for r in rows if "dense_AP50" in r), None)
+    timed = [r for r in rows if r.get("dense_latency_ms")]  # unstructured rows are not retimed
+    dense = (timed or [r for r in rows if "dense_AP50" in r] or [None])[0]
     if dense:
         lines += ["", f"Dense: AP50 {_pct(dense['dense_AP50'])}, "
-                  f"{dense['dense_latency_ms'] or 0:.1f} ms."]  # fmt: skip
+                  f"{_ms(dense.get('dense_latency_ms'))} ms."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -303,6 +328,47 @@ def retime(root: Path, rows: list[dict], cfg: str, weights: Path) -> None:
             r["latency_ms_by_runtime"] = ms[key]
 
 
+@dataclass(frozen=True)
+class Setup:
+    """One model's benchmark: its cfg and dense weights, output folder and written recipe."""
+
+    name: str
+    cfg: str
+    weights: Path
+    root: Path
+    recipe: Path
+
+
+def setup(model: str, a: argparse.Namespace) -> Setup:
+    cfg, weights_file, _ = MODELS[model]
+    root = (a.out / model).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    recipe = root / "recipe.yaml"
+    written = bench_recipe(model, a.epochs, a.admm_epochs, labels=a.labels, round_to=a.round_to)
+    recipe.write_text(yaml.safe_dump(written, sort_keys=False))
+    return Setup(model, cfg, SHARED / "weights" / weights_file, root, recipe)
+
+
+def run_point(m: Setup, point: tuple, data: Path, calls: Calls) -> dict:
+    """One planned point's report (or error); ours' caps relaxed if its target is missed."""
+    part, target, flag, method = point
+    folder = m.root / part / target / method
+    report = prune(folder, m.recipe, m.cfg, m.weights, data, method, *flag, calls=calls)
+    if method == "ours":  # structured ours only
+        report = relax_caps(report, folder, m.recipe, m.cfg, m.weights, data, flag, calls)
+    return report
+
+
+def versus(m: Setup, point: tuple, report: dict, data: Path, calls: Calls) -> dict | None:
+    """A rival's paired bootstrap against ours at its target (None for ours, or a failed run)."""
+    part, target, _, method = point
+    ours = "ours" if part == "structured" else "ours-u"  # first in its part's list
+    mine = m.root / part / target / ours
+    if method == ours or "error" in report or not (mine / "report.json").is_file():
+        return None
+    return compare(data, mine, m.root / part / target / method, calls)
+
+
 def cpu() -> str:
     flags = ""
     try:
@@ -339,8 +405,14 @@ def main() -> None:
     p.add_argument("--no-retime", dest="retime", action="store_false",
                    help="keep each job's own latency instead of timing every shrunk model "
                    "beside dense in one run at the end")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=2,
+                   help="points run at once, each on its share of the CPU cores")  # fmt: skip
     argv = sys.argv[1:]
     a = p.parse_args()
+    if a.jobs < 1:
+        p.error(f"--jobs: {a.jobs}; give 1 or more")
+    # each job's own latency would be timed beside the other jobs: retime supersedes it
+    calls = Calls(threads=max(1, (os.cpu_count() or 1) // a.jobs), latency=not a.retime)
     try:
         planned = plan(a.parts, a.flops, a.ratios, a.methods)
     except ValueError as e:
@@ -348,33 +420,27 @@ def main() -> None:
     unknown = [m for m in a.models.split(",") if m not in MODELS]
     if unknown:  # before any point runs
         p.error(f"--models: unknown {', '.join(unknown)}; expected some of {', '.join(MODELS)}")
-    for model in a.models.split(","):
-        cfg, weights_file, _ = MODELS[model]
-        root = (a.out / model).resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        recipe = root / "recipe.yaml"
-        written = bench_recipe(model, a.epochs, a.admm_epochs, labels=a.labels,
-                               round_to=a.round_to)  # fmt: skip
-        recipe.write_text(yaml.safe_dump(written, sort_keys=False))
-        weights = SHARED / "weights" / weights_file
+    setups = [setup(model, a) for model in a.models.split(",")]
+    points = [(m, point) for m in setups for point in planned]
+    # every model's points share one pool, then the comparisons (each needs ours' point of its
+    # target), a.jobs at a time; the latency runs alone at the end
+    with ThreadPoolExecutor(a.jobs) as pool:
+        reports = list(pool.map(lambda mp: run_point(*mp, a.data, calls), points))
+        versus_ours = list(pool.map(lambda mp, r: versus(*mp, r, a.data, calls), points, reports))
+    for m in setups:
         rows = []
-        for part, target, flag, method in planned:
-            ours = "ours" if part == "structured" else "ours-u"  # first in its part's list
-            point = root / part / target / method
-            report = prune(point, recipe, cfg, weights, a.data, method, *flag)
-            if method == "ours":  # structured ours only: relax its caps if the target is missed
-                report = relax_caps(report, point, recipe, cfg, weights, a.data, flag)
-            rows.append({"part": part, "cpu": cpu(), **row(method, target, report)})
-            if method != ours and "error" not in report:
-                mine = root / part / target / ours
-                if (mine / "report.json").is_file():
-                    rows[-1]["vs_ours"] = compare(a.data, mine, point)
+        for (owner, (part, target, _, method)), report, vs in zip(points, reports, versus_ours,
+                                                                 strict=True):  # fmt: skip
+            if owner is m:
+                rows.append({"part": part, "cpu": cpu(), **row(method, target, report)})
+                if vs is not None:
+                    rows[-1]["vs_ours"] = vs
         if a.retime:
-            retime(root, rows, cfg, weights)
-        (root / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-        (root / "results.md").write_text(markdown(model, rows, argv))
-        plot(model, rows, root / "structured.png")
-        print((root / "results.md").read_text(), flush=True)
+            retime(m.root, rows, m.cfg, m.weights)
+        (m.root / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (m.root / "results.md").write_text(markdown(m.name, rows, argv))
+        plot(m.name, rows, m.root / "structured.png")
+        print((m.root / "results.md").read_text(), flush=True)
 
 
 if __name__ == "__main__":

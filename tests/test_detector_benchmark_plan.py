@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "detector_benchmark.p
 def bench():
     spec = importlib.util.spec_from_file_location("detector_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules[spec.name]
 
 
 def test_unstructured_alone_runs_no_structured_point(bench):
@@ -44,3 +47,21 @@ def test_ours_runs_before_its_rivals_at_every_target(bench):
 def test_unknown_parts_and_methods_are_refused(bench, parts, methods, word):
     with pytest.raises(ValueError, match=word):
         bench.plan(parts, "0.65", "0.5", methods)
+
+
+def test_each_call_gets_its_share_of_the_cores(bench):
+    calls = bench.Calls(threads=1, latency=False)
+    assert calls.env["OMP_NUM_THREADS"] == "1"
+    assert calls.env["PATH"]  # the rest of the environment is kept
+
+
+def test_only_a_finished_rival_is_compared_with_ours(bench, tmp_path):
+    m = bench.Setup("yolov3-tiny", "cfg/yolov3-tiny.cfg", tmp_path / "w", tmp_path, tmp_path / "r")
+    calls = bench.Calls(threads=1)
+    point = ("structured", "flops0.65", ("--flops", "0.65"), "l1")
+    ours = ("structured", "flops0.65", ("--flops", "0.65"), "ours")
+    # ours is never compared with itself; a failed rival, or a rival whose ours has no report
+    # (ours failed), has nothing to compare
+    assert bench.versus(m, ours, {"AP50": 0.2}, tmp_path, calls) is None
+    assert bench.versus(m, point, {"error": "no ratio"}, tmp_path, calls) is None
+    assert bench.versus(m, point, {"AP50": 0.2}, tmp_path, calls) is None
