@@ -136,3 +136,20 @@ def test_sigkilled_sweep_process_resumes_without_redoing(
         assert path.stat().st_mtime_ns == mtime, path
     summary = json.loads((out / "sweep.json").read_text())
     assert len(summary["points"]) == 4
+
+
+def test_sweeps_into_one_folder_add_up(tiny_dataset, tiny_weights, tiny_recipe, tmp_path):
+    # two sweeps of other methods into one --out (one after the other here; at the same time
+    # the last summary written has every point finished by then): neither drops the other's
+    out = tmp_path / "sweep"
+    args = _args(tiny_dataset, tiny_weights, tiny_recipe, out)
+    args[args.index("--ratios") + 1] = "0.5"
+    for method in ("admm", "magnitude"):
+        args[args.index("--methods") + 1] = method
+        assert main(args) == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [(p["method"], p["ratio"]) for p in summary["points"]] == [
+        ("magnitude", 0.5), ("admm", 0.5)
+    ]  # fmt: skip
+    table = (out / "sweep.md").read_text()
+    assert "| admm | 0.5 |" in table and "| magnitude | 0.5 |" in table

@@ -5,7 +5,10 @@
 ``report.json`` exists is finished and is read back, not redone, so a killed sweep resumes where
 it stopped (a point whose ``config.yaml`` no longer matches the recipe is run again). After
 every point ``sweep.json``, ``sweep.md`` and ``sweep.png`` are rewritten
-(atomically) from the same list of rows, so the table and the plot always show the JSON.
+(atomically) from the same list of rows, so the table and the plot always show the JSON. The
+rows are this run's points and every other point finished in the folder with the same recipe,
+so sweeps of other methods or ratios into one folder, one after another or at the same time,
+add up instead of overwriting each other's summary.
 """
 
 from __future__ import annotations
@@ -131,11 +134,36 @@ def run_sweep(config: SweepConfig, *, on_point=None) -> dict[str, Any]:
                 continue
             report["_dir"] = str(where)
             rows.append(point_row(method, ratio, report))
-            summary = _summary(job, dense, rows)
+            summary = _summary(job, dense, rows + _other_points(out, job, rows))
             write_summary(out, summary)
             if on_point is not None:
                 on_point(rows[-1])
     return summary
+
+
+def _other_points(out: Path, job: PruneJobConfig, rows: Sequence[Mapping]) -> list[dict]:
+    """Rows of the points finished in ``out`` outside this run's grid (another sweep into the
+    same folder, before or at the same time), with this recipe; so the summary this run
+    writes last does not drop them."""
+    mine = {r["report"] for r in rows}
+    found = []
+    for path in sorted((out / "points").glob("*/*/report.json")):
+        where = path.parent
+        tag = where.name
+        if str(path) in mine or not (tag == "own" or tag.startswith("r")):
+            continue
+        try:
+            ratio = None if tag == "own" else float(tag[1:])
+        except ValueError:
+            continue
+        method = where.parent.name
+        recipe = {**job.recipe, "ratio": ratio, "method": method}
+        report = _read_json(path)
+        if report is None or _config_changed(where, recipe, method):
+            continue
+        report["_dir"] = str(where)
+        found.append(point_row(method, ratio, report))
+    return found
 
 
 def _config_changed(where: Path, recipe: Mapping[str, Any], method: str) -> bool:
