@@ -177,6 +177,7 @@ def prune(point: Path, recipe: Path, cfg: str, weights: Path, data: Path, method
         (point / "error.json").write_text(json.dumps(error, indent=1) + "\n")
         print("  failed: " + error["error"], flush=True)
         return error
+    (point / "error.json").unlink(missing_ok=True)  # an earlier try's (ours' caps relaxed)
     return json.loads(report.read_text())
 
 
