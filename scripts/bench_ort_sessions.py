@@ -23,15 +23,14 @@ import numpy as np
 import onnxruntime as ort
 
 from yolo_prune.eval.latency import device_description
-from yolo_prune.runtime.onnxrt import DISABLED_OPTIMIZERS
+from yolo_prune.runtime.onnxrt import DISABLED_OPTIMIZERS, session_options
 
 
 def session(path: Path, threads: int, disabled: list[str]) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), opts, providers=providers, disabled_optimizers=disabled)
+    """A session with our runtime's options; ``disabled``: the ORT optimizers it leaves out."""
+    return ort.InferenceSession(str(path), session_options(threads),
+                                providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled)  # fmt: skip
 
 
 def main() -> None:

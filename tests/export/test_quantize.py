@@ -261,18 +261,25 @@ def test_edge_padding_gives_the_max_pool_the_same_maxima_as_minus_infinity(tmp_p
     np.testing.assert_array_equal(got, want)  # negative inputs: a 0 pad would show
 
 
-def test_a_minus_infinity_max_pool_pad_quantizes_to_finite_scales(repo_cfg, randomize, tmp_path):
-    from onnx import numpy_helper
-
+def _tiny_yolov3_int8(repo_cfg, randomize, root, *, seed: int, **options):
+    """yolov3-tiny at 96 with random weights, exported and quantized with ``options`` on two
+    random calibration images: ``(int8 path, summary, the calibration batches)``."""
     from yolo_prune.darknet import Darknet
 
     model = randomize(Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=96))
-    float_path, int8_path = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    float_path, int8_path = root / "float.onnx", root / "int8.onnx"
     export_onnx(model, float_path, input_shape=model.input_shape)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     batches = [rng.random((1, 3, 96, 96), dtype=np.float32) for _ in range(2)]
-    summary = quantize.quantize_onnx_int8(
-        float_path, int8_path, calibration=batches, keep_float_heads=False
+    summary = quantize.quantize_onnx_int8(float_path, int8_path, calibration=batches, **options)
+    return int8_path, summary, batches
+
+
+def test_a_minus_infinity_max_pool_pad_quantizes_to_finite_scales(repo_cfg, randomize, tmp_path):
+    from onnx import numpy_helper
+
+    int8_path, summary, batches = _tiny_yolov3_int8(
+        repo_cfg, randomize, tmp_path, seed=1, keep_float_heads=False
     )
     proto = onnx.load(str(int8_path))
     assert summary["quantized_convs"] == sum(n.op_type == "Conv" for n in proto.graph.node)
@@ -322,16 +329,8 @@ def test_the_stem_is_the_conv_reading_the_image_with_its_activation(fastest):
 @pytest.fixture(scope="module")
 def tiny_stem(repo_cfg, randomize, tmp_path_factory) -> dict:
     """yolov3-tiny at 96 (random weights), INT8 with its stem float: conv, leaky ReLU, pool."""
-    from yolo_prune.darknet import Darknet
-
-    root = tmp_path_factory.mktemp("stem")
-    model = randomize(Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=96))
-    float_path, int8_path = root / "float.onnx", root / "int8.onnx"
-    export_onnx(model, float_path, input_shape=model.input_shape)
-    rng = np.random.default_rng(3)
-    batches = [rng.random((1, 3, 96, 96), dtype=np.float32) for _ in range(2)]
-    summary = quantize.quantize_onnx_int8(
-        float_path, int8_path, calibration=batches, keep_float=("linear", "stem")
+    int8_path, summary, batches = _tiny_yolov3_int8(
+        repo_cfg, randomize, tmp_path_factory.mktemp("stem"), seed=3, keep_float=("linear", "stem")
     )
     return {"int8": int8_path, "summary": summary, "x": batches[0]}
 

@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 
-def _session_options(threads: int | None):
+def session_options(threads: int | None):
+    """The options of every ORT session we open: ``threads`` intra-op threads (default torch's),
+    one inter-op thread, every graph optimization, no spinning between runs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -84,7 +86,7 @@ class OnnxRuntimeModel(nn.Module):
         try:
             self.session = ort.InferenceSession(
                 data,
-                _session_options(threads),
+                session_options(threads),
                 providers=["CPUExecutionProvider"],
                 disabled_optimizers=DISABLED_OPTIMIZERS,
             )
