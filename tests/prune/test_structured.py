@@ -167,7 +167,8 @@ def test_group_methods_remove_whole_groups_ready_for_surgery(method, options, ca
             torch.testing.assert_close(small(x), masked(x), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cfg", ["yolov4-tiny.cfg", "yolov4.cfg"])
+# yolo-fastest: a depthwise conv reads a route of two shortcut chains (layer 125, 48 + 96)
+@pytest.mark.parametrize("cfg", ["yolov4-tiny.cfg", "yolov4.cfg", "yolo-fastest-1.1-xl.cfg"])
 def test_round_to_keeps_multiples_of_8_in_every_pruned_layer(cfg, repo_cfg):
     model = Darknet.from_cfg(repo_cfg / cfg)
     names = select_targets(model, TargetConfig())

@@ -481,19 +481,22 @@ def _removal_units(
 
     Groups with the same filters-per-layer signature form a *family* (the channels of one
     shortcut chain, of one plain layer, ...). Within a family the groups are taken least
-    important first. With ``round_to == 1`` every group is a unit. Otherwise a family whose
-    layers are read by no other family is cut into runs of groups such that, after removing
-    any number of whole runs, each of its layers keeps a multiple of ``round_to`` filters; a
-    family sharing a layer with another one (or one that cannot be aligned) keeps one group per
-    unit and its layers are not rounded.
+    important first. With ``round_to == 1`` every group is a unit. Otherwise each family is cut
+    into runs of groups such that, after removing any number of whole runs, each layer it alone
+    owns keeps a multiple of ``round_to`` filters, and its share of each layer it shares with
+    other families (a depthwise conv reading a route of two shortcut chains) stays a multiple
+    of ``round_to``: such a layer is then aligned too when its filters outside every group are.
+    A family that cannot be aligned keeps one group per unit and its layers are not rounded.
     """
     families: dict[tuple[tuple[str, int], ...], list[int]] = {}
     for gi, grp in enumerate(groups):
         families.setdefault(tuple(sorted(_layer_counts(grp).items())), []).append(gi)
     owners: dict[str, int] = {}
-    for key in families:
-        for name, _ in key:
+    grouped: dict[str, int] = {}  # channels of each layer that are in some group
+    for key, members in families.items():
+        for name, d in key:
             owners[name] = owners.get(name, 0) + 1
+            grouped[name] = grouped.get(name, 0) + d * len(members)
     units: list[list[int]] = []
     unit_family: list[int] = []
     unaligned: list[str] = []
@@ -501,16 +504,18 @@ def _removal_units(
         order = sorted(members, key=lambda gi: (float(importance[gi]), gi))
         n = len(order)
         cuts: list[int] = []  # numbers of groups kept after each run, descending
-        if round_to > 1 and all(owners[name] == 1 for name, _ in key):
-            fixed = {name: widths[name] - d * n for name, d in key}
+        if round_to > 1:
+            # a layer this family owns aligns whole (its ungrouped filters included); a shared
+            # one aligns this family's share, its other sharers theirs
+            fixed = {name: widths[name] - d * n if owners[name] == 1 else 0 for name, d in key}
             # keeping 0 groups is a candidate too: the caps never let a layer be emptied
             cuts = [g for g in range(n, -1, -1) if all(
                 (d * g + fixed[name]) % round_to == 0 for name, d in key)]  # fmt: skip
             if not [c for c in cuts if c < n]:
                 unaligned.extend(name for name, _ in key)
                 cuts = []
-        elif round_to > 1:
-            unaligned.extend(name for name, _ in key)
+            unaligned.extend(name for name, _ in key if owners[name] > 1
+                             and (widths[name] - grouped[name]) % round_to)  # fmt: skip
         if not cuts:
             cuts = list(range(n - 1, -1, -1))
         start = 0
@@ -558,9 +563,10 @@ def project_channel_groups(
         round_to: every layer that loses filters keeps a multiple of this many (8 suits the
             SIMD width of CPU convolution kernels). Groups tied together (a shortcut chain: one
             filter in each of its layers) are removed in runs that keep each of their layers
-            aligned. Layers that share channels with more than one such family (e.g. a
-            depthwise conv reading a route of two layers), or whose width cannot be aligned,
-            are not rounded (logged). The global count is then met to within one run.
+            aligned; a layer shared by several such families (e.g. a depthwise conv reading a
+            route of two chains) keeps each family's share aligned, so its sum is too. Layers
+            whose width cannot be aligned are not rounded (logged). The global count is then met
+            to within one run.
 
     Returns:
         ``name -> bool`` masks shaped like the weights, False on removed filters.
