@@ -181,20 +181,27 @@ def prune(point: Path, recipe: Path, cfg: str, weights: Path, data: Path, method
     return json.loads(report.read_text())
 
 
-LAST_CAPS = (0.6, 0.7, 0.8, 0.9, 1.0)
+# Ours' policy cap raised, in steps, where the recipe's caps cannot reach a point's target; the
+# rivals have no caps. Structured: ``last_cap`` (any layer at most half: yolov3-tiny with
+# multiples of 8 channels stops at 0.50x FLOPs), the first cap kept. Unstructured: ``first_cap``,
+# the start of the ramp over the backbone (Yolo-Fastest's recipe, 0.3 over layers 0-106, stops
+# at 86.8% of the weights).
+RELAX = {"ours": ("last_cap", (0.6, 0.7, 0.8, 0.9, 1.0)),
+         "ours-u": ("first_cap", (0.5, 0.7, 0.9, 1.0))}  # fmt: skip
+CAPS_TOO_TIGHT = ("relax the policy's caps", "raise the caps")  # the job's two refusals
 
 
 def relax_caps(report: dict, point: Path, recipe: Path, cfg: str, weights: Path, data: Path,
-               flag: tuple[str, ...], calls: Calls) -> dict:  # fmt: skip
-    """Ours at a FLOPs target its caps cannot reach (any layer at most half: yolov3-tiny with
-    multiples of 8 channels stops at 0.50x): the least relaxation of ``last_cap`` that reaches
-    it, the first cap kept; the row's ``last_cap`` says which ran. The rivals have no caps."""
-    for cap in LAST_CAPS:
-        if "relax the policy's caps" not in report.get("error", ""):
+               method: str, flag: tuple[str, ...], calls: Calls) -> dict:  # fmt: skip
+    """Ours at a target its caps cannot reach: the least relaxation (:data:`RELAX`) that
+    reaches it; the row names the cap that ran."""
+    key, steps = RELAX[method]
+    for cap in steps:
+        if not any(p in report.get("error", "") for p in CAPS_TOO_TIGHT):
             break
-        print(f"  ours: caps too tight for {' '.join(flag)}; last_cap {cap}", flush=True)
-        report = prune(point, recipe, cfg, weights, data, "ours", *flag,
-                       "--set", f"methods.ours.policy.last_cap={cap}", calls=calls)  # fmt: skip
+        print(f"  {method}: caps too tight for {' '.join(flag)}; {key} {cap}", flush=True)
+        report = prune(point, recipe, cfg, weights, data, method, *flag,
+                       "--set", f"methods.{method}.policy.{key}={cap}", calls=calls)  # fmt: skip
     return report
 
 
@@ -211,11 +218,14 @@ def compare(val: Path, ours: Path, rival: Path, calls: Calls) -> dict:
     return json.loads(out.read_text())
 
 
-def row(method: str, target: str, report: dict) -> dict:
+def row(method: str, target: str, report: dict, policy: dict | None = None) -> dict:
+    """A table row of one point; ``policy``: the recipe's policy of ``method``, against which
+    the caps the point ran with (:func:`relax_caps`) are named."""
     if "error" in report:
         return {"method": method, "target": target, "error": report["error"]}
     shipped = report.get("shrunk") or report["pruned"]
     admm = report.get("admm") or {}
+    ran = (report.get("options") or {}).get("policy") or {}
     return {
         "method": method,
         "target": target,
@@ -229,7 +239,7 @@ def row(method: str, target: str, report: dict) -> dict:
         "sparsity": report.get("target_sparsity"),
         "admm_residual": admm.get("final_relative_residual"),
         "minutes": report.get("minutes"),
-        "last_cap": ((report.get("options") or {}).get("policy") or {}).get("last_cap"),
+        "relaxed": ", ".join(f"{k} {v}" for k, v in ran.items() if (policy or {}).get(k) != v),
     }
 
 
@@ -257,9 +267,7 @@ def markdown(model: str, rows: list[dict], argv: list[str]) -> str:
         ci = (f"{100 * cmp['diff']:+.2f} [{100 * cmp['low']:+.2f}, {100 * cmp['high']:+.2f}]"
               if cmp else "")  # fmt: skip
         res = "-" if r["admm_residual"] is None else f"{r['admm_residual']:.4f}"
-        cap = r.get("last_cap")
-        relaxed = r["part"] == "structured" and cap not in (None, 0.5)
-        name = r["method"] + (f" (last_cap {cap})" if relaxed else "")
+        name = r["method"] + (f" ({r['relaxed']})" if r.get("relaxed") else "")
         lines.append(
             f"| {r['part']} | {r['target']} | {name} | {_pct(r['AP50'])} | {ci} | "
             f"{r['gflops']:.3f} ({r['gflops_fraction']:.3f}) | {_ms(r['latency_ms'])} | "
@@ -355,8 +363,9 @@ def run_point(m: Setup, point: tuple, data: Path, calls: Calls) -> dict:
     part, target, flag, method = point
     folder = m.root / part / target / method
     report = prune(folder, m.recipe, m.cfg, m.weights, data, method, *flag, calls=calls)
-    if method == "ours":  # structured ours only
-        report = relax_caps(report, folder, m.recipe, m.cfg, m.weights, data, flag, calls)
+    if method in RELAX:
+        report = relax_caps(report, folder, m.recipe, m.cfg, m.weights, data, method, flag,
+                            calls)  # fmt: skip
     return report
 
 
@@ -429,11 +438,15 @@ def main() -> None:
         reports = list(pool.map(lambda mp: run_point(*mp, a.data, calls), points))
         versus_ours = list(pool.map(lambda mp, r: versus(*mp, r, a.data, calls), points, reports))
     for m in setups:
+        policies = {
+            v["name"]: v.get("policy") for v in yaml.safe_load(m.recipe.read_text())["methods"]
+        }
         rows = []
         for (owner, (part, target, _, method)), report, vs in zip(points, reports, versus_ours,
                                                                  strict=True):  # fmt: skip
             if owner is m:
-                rows.append({"part": part, "cpu": cpu(), **row(method, target, report)})
+                rows.append({"part": part, "cpu": cpu(),
+                             **row(method, target, report, policies.get(method))})  # fmt: skip
                 if vs is not None:
                     rows[-1]["vs_ours"] = vs
         if a.retime:

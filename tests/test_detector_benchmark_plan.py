@@ -65,3 +65,44 @@ def test_only_a_finished_rival_is_compared_with_ours(bench, tmp_path):
     assert bench.versus(m, ours, {"AP50": 0.2}, tmp_path, calls) is None
     assert bench.versus(m, point, {"error": "no ratio"}, tmp_path, calls) is None
     assert bench.versus(m, point, {"AP50": 0.2}, tmp_path, calls) is None
+
+
+@pytest.mark.parametrize("method, error, sets", [
+    # structured: the job's --flops refusal; the deep layers' cap goes up until it is reached
+    ("ours", "--flops 0.45: no ratio ... reaches it; relax the policy's caps or aim higher",
+     ["methods.ours.policy.last_cap=0.6", "methods.ours.policy.last_cap=0.7"]),
+    # unstructured: the projection's refusal; the backbone ramp's start goes up
+    ("ours-u", "global ratio 0.9 asks ... allow at most 0.868; lower the ratio or raise the caps",
+     ["methods.ours-u.policy.first_cap=0.5", "methods.ours-u.policy.first_cap=0.7"]),
+])  # fmt: skip
+def test_ours_is_rerun_with_the_least_relaxed_cap_that_reaches_its_target(
+    bench, monkeypatch, tmp_path, method, error, sets
+):
+    tried = []
+
+    def fake_prune(point, recipe, cfg, weights, data, name, *extra, calls):
+        tried.append(extra[-1])
+        return {"AP50": 0.1} if len(tried) == 2 else {"error": error}  # the second step reaches it
+
+    monkeypatch.setattr(bench, "prune", fake_prune)
+    calls = bench.Calls(threads=1)
+    report = bench.relax_caps({"error": error}, tmp_path, tmp_path / "r", "c", tmp_path / "w",
+                              tmp_path, method, ("--ratio", "0.9"), calls)  # fmt: skip
+    assert report == {"AP50": 0.1}
+    assert tried == sets
+    # any other failure is not a cap problem: no rerun
+    tried.clear()
+    assert bench.relax_caps({"error": "out of memory"}, tmp_path, tmp_path / "r", "c",
+                            tmp_path / "w", tmp_path, method, ("--ratio", "0.9"), calls) == {
+        "error": "out of memory"}  # fmt: skip
+    assert tried == []
+
+
+def test_a_row_names_only_the_caps_that_differ_from_the_recipe(bench):
+    report = {"pruned": {"AP50": 0.1, "gflops": 3.0}, "dense": {"gflops": 3.0},
+              "options": {"policy": {"first_cap": 0.5, "last_cap": 1.0, "backbone_end": 106}}}  # fmt: skip
+    recipe = {"first_cap": 0.3, "last_cap": 1.0, "backbone_end": 106}
+    assert bench.row("ours-u", "r0.9", report, recipe)["relaxed"] == "first_cap 0.5"
+    assert bench.row("ours-u", "r0.9", report, report["options"]["policy"])["relaxed"] == ""
+    rival = {**report, "options": {}}
+    assert bench.row("magnitude", "r0.9", rival, None)["relaxed"] == ""
