@@ -287,11 +287,14 @@ def plot(model: str, rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    lines = {method: sorted((r["latency_ms"], 100 * r["AP50"]) for r in rows
+                            if r["method"] == method and r["part"] == "structured"
+                            and "error" not in r and r["latency_ms"])
+             for method in STRUCTURED}  # fmt: skip
+    if not any(lines.values()):  # an unstructured-only run: a folder's earlier plot stays
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in STRUCTURED:
-        pts = sorted((r["latency_ms"], 100 * r["AP50"]) for r in rows
-                     if r["method"] == method and r["part"] == "structured" and "error" not in r
-                     and r["latency_ms"])  # fmt: skip
+    for method, pts in lines.items():
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=method)
     dense = [r for r in rows if r.get("dense_latency_ms")]

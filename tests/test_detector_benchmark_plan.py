@@ -106,3 +106,13 @@ def test_a_row_names_only_the_caps_that_differ_from_the_recipe(bench):
     assert bench.row("ours-u", "r0.9", report, report["options"]["policy"])["relaxed"] == ""
     rival = {**report, "options": {}}
     assert bench.row("magnitude", "r0.9", rival, None)["relaxed"] == ""
+
+
+def test_the_plot_is_drawn_only_from_structured_points(bench, tmp_path):
+    unstructured = {"part": "unstructured", "method": "ours-u", "AP50": 0.4, "latency_ms": None}
+    bench.plot("yolov3-tiny", [unstructured], tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()  # no empty figure over an earlier run's plot
+    structured = {"part": "structured", "method": "ours", "AP50": 0.25, "latency_ms": 9.7,
+                  "dense_latency_ms": 13.3, "dense_AP50": 0.42}  # fmt: skip
+    bench.plot("yolov3-tiny", [unstructured, structured], tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 0
