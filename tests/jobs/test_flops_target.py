@@ -81,3 +81,22 @@ def test_binding_caps_lists_the_layers_held_back():
     rows = binding_caps({"a": a, "b": b}, {"a": 0.2, "b": 0.5})
     assert rows == [{"name": "a", "cap": 0.2, "pruned": pytest.approx(0.2)}]
     assert binding_caps({"a": a}, None) is None
+
+
+def test_binding_caps_count_a_structured_cut_in_its_channel_multiples():
+    """With round_to 8 a 32-filter layer capped at 70% (22 filters) stops at 16 pruned: the
+    next run of 8 would pass the cap, so the cap held it back; at round_to 1 it did not."""
+    import torch
+
+    from yolo_prune.jobs.prune import binding_caps
+
+    a = torch.ones(32, 8, 1, 1, dtype=torch.bool)
+    a[:16] = False
+    assert binding_caps({"a": a}, {"a": 0.7}) == []
+    rows = binding_caps({"a": a}, {"a": 0.7}, round_to=8)
+    assert rows == [{"name": "a", "cap": 0.7, "pruned": pytest.approx(0.5)}]
+    b = torch.ones(32, 8, 1, 1, dtype=torch.bool)
+    b[:8] = False  # 25%: a second run of 8 (50%) was still allowed
+    assert binding_caps({"b": b}, {"b": 0.7}, round_to=8) == []
+    c = torch.ones(8, 8, 1, 1, dtype=torch.bool)  # a run of 8 would empty it: no cap needed
+    assert binding_caps({"c": c}, {"c": 0.7}, round_to=8) == []

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -396,7 +397,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "history": json.loads(json.dumps(result.history, default=float)),
         "admm": admm_summary(result.history),
         "layers": layer_sparsity(model, result.masks),
-        "caps_bind": binding_caps(result.masks, result.info.get("caps")),
+        "caps_bind": binding_caps(
+            result.masks, result.info.get("caps"), round_to=int(result.info.get("round_to", 1))
+        ),
         "minutes": (time.perf_counter() - started) / 60,
     }
     atomic_write_text(out / "report.md", format_report(report))
@@ -631,11 +634,14 @@ def layer_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[
 
 
 def binding_caps(
-    masks: Mapping[str, torch.Tensor], caps: Mapping[str, float] | None
+    masks: Mapping[str, torch.Tensor], caps: Mapping[str, float] | None, *, round_to: int = 1
 ) -> list[dict[str, Any]] | None:
-    """The layers where the conservative policy's cap held the cut back (pruned up to their
-    cap, within one filter for a structured cut or one weight), with the cap and the fraction
-    pruned; None without caps."""
+    """The layers where the conservative policy's cap held the cut back, with the cap and the
+    fraction pruned; None without caps. A cap holds a layer back when one more unit of the cut
+    would pass it but not the layer's own size: one weight, or for a structured cut one run of
+    ``round_to`` filters (the multiples its layers keep: a 32-filter layer capped at 70% stops
+    at 16 pruned with ``round_to`` 8, as 24 would pass the 22 allowed; an 8-filter layer cannot
+    lose a run of 8 with or without a cap)."""
     if not caps:
         return None
     rows = []
@@ -646,8 +652,12 @@ def binding_caps(
         pruned = 1.0 - int(mask.sum()) / mask.numel()
         filters = mask.reshape(mask.shape[0], -1)
         whole = bool((filters.all(1) | ~filters.any(1)).all())
-        unit = 1.0 / mask.shape[0] if whole else 1.0 / mask.numel()
-        if pruned >= cap - unit - 1e-9:
+        # counted as the projections count (yolo_prune.prune.projections): whole filters, at
+        # most floor(cap * filters) and never all of them; else weights, floor(cap * weights)
+        n, unit = (mask.shape[0], round_to) if whole else (mask.numel(), 1)
+        removed = n - (int(filters.any(1).sum()) if whole else int(mask.sum()))
+        room = n - 1 if whole else n  # what the cut could take without a cap
+        if removed + unit > math.floor(cap * n) and removed + unit <= room:
             rows.append({"name": name, "cap": float(cap), "pruned": pruned})
     return rows
 

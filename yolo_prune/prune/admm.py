@@ -581,7 +581,8 @@ class ADMMPruner(Pruner):
         masks = self._cut(model, hook.project, variables, cfg.ratio, caps)
         calls.apply_and_finetune(model, masks, "retrain", cfg.retrain_epochs)
         history = [dict(h, phase="admm") for h in hook.history]
-        info = {"targets": names, "caps": caps, **calls.accuracy()}
+        info = {"targets": names, "caps": caps, "round_to": getattr(cfg, "round_to", 1),
+                **calls.accuracy()}  # fmt: skip
         return PruneResult(masks=masks, history=history, info=info)
 
 
