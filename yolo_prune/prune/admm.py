@@ -468,7 +468,7 @@ class ADMMHook(Hook):
         lrs = {id(q): float(g["lr"]) for g in optimizer.param_groups for q in g["params"]}
         for n in self.names:
             w = self._params[n]
-            a = lrs.get(id(w), 0.0) * (self.rho or 0.0 if rho is None else rho)
+            a = lrs.get(id(w), 0.0) * ((self.rho or 0.0) if rho is None else rho)
             if a > 0:
                 w.mul_(1.0 / (1.0 + a)).add_(self.Z[n] - self.U[n], alpha=a / (1.0 + a))
 
