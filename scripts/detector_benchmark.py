@@ -52,7 +52,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -342,13 +342,15 @@ def retime(root: Path, rows: list[dict], cfg: str, weights: Path) -> None:
 
 @dataclass(frozen=True)
 class Setup:
-    """One model's benchmark: its cfg and dense weights, output folder and written recipe."""
+    """One model's benchmark: its cfg and dense weights, output folder, written recipe and each
+    of its methods' policy (as written there)."""
 
     name: str
     cfg: str
     weights: Path
     root: Path
     recipe: Path
+    policies: dict = field(default_factory=dict)
 
 
 def setup(model: str, a: argparse.Namespace) -> Setup:
@@ -358,7 +360,8 @@ def setup(model: str, a: argparse.Namespace) -> Setup:
     recipe = root / "recipe.yaml"
     written = bench_recipe(model, a.epochs, a.admm_epochs, labels=a.labels, round_to=a.round_to)
     recipe.write_text(yaml.safe_dump(written, sort_keys=False))
-    return Setup(model, cfg, SHARED / "weights" / weights_file, root, recipe)
+    policies = {v["name"]: v.get("policy") for v in written["methods"]}
+    return Setup(model, cfg, SHARED / "weights" / weights_file, root, recipe, policies)
 
 
 def run_point(m: Setup, point: tuple, data: Path, calls: Calls) -> dict:
@@ -441,15 +444,12 @@ def main() -> None:
         reports = list(pool.map(lambda mp: run_point(*mp, a.data, calls), points))
         versus_ours = list(pool.map(lambda mp, r: versus(*mp, r, a.data, calls), points, reports))
     for m in setups:
-        policies = {
-            v["name"]: v.get("policy") for v in yaml.safe_load(m.recipe.read_text())["methods"]
-        }
         rows = []
         for (owner, (part, target, _, method)), report, vs in zip(points, reports, versus_ours,
                                                                  strict=True):  # fmt: skip
             if owner is m:
                 rows.append({"part": part, "cpu": cpu(),
-                             **row(method, target, report, policies.get(method))})  # fmt: skip
+                             **row(method, target, report, m.policies.get(method))})  # fmt: skip
                 if vs is not None:
                     rows[-1]["vs_ours"] = vs
         if a.retime:

@@ -501,7 +501,9 @@ class ADMMHook(Hook):
     def _lr(self, state: TrainState) -> float:
         """The step the penalty's pull takes per unit of rho: the targets' peak learning rate
         (a schedule's ``initial_lr``, else ``lr``), the largest over the groups that hold them,
-        and under heavy-ball SGD divided by ``1 - momentum`` (a steady pull's step)."""
+        and under heavy-ball SGD divided by ``1 - momentum`` (a steady pull's step). Above
+        :func:`stable_rho` the rest of rho pulls by the bare ``lr`` (its proximal step), so
+        there the catch-up undershoots and rho's doubling makes up the difference."""
         ids = {id(w) for w in self._params.values()}
 
         def step(g: Mapping[str, Any]) -> float:
