@@ -35,3 +35,20 @@ def test_a_malformed_model_spec_is_one_line(capsys):
     assert main(["bench", "--model", "dense"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected NAME=CFG:WEIGHTS or NAME=FILE" in err
+
+
+def test_a_model_at_a_smaller_input_is_timed_beside_the_others(tmp_path):
+    # the same network written at 64 and at 32 pixels: each is fed its own input size
+    torch.manual_seed(0)
+    dense = Darknet.from_cfg(TINY, size=64)
+    export_darknet(dense, tmp_path / "d64.cfg", tmp_path / "d64.weights")
+    small = Darknet.from_cfg(TINY, size=32)
+    small.load_state_dict(dense.state_dict())
+    export_darknet(small, tmp_path / "d32.cfg", tmp_path / "d32.weights")
+    out = tmp_path / "t.json"
+    code = main(["bench", "--model", f"at64={tmp_path / 'd64.cfg'}:{tmp_path / 'd64.weights'}",
+                 "--model", f"at32={tmp_path / 'd32.cfg'}:{tmp_path / 'd32.weights'}",
+                 "--rounds", "1", "--json", str(out)])  # fmt: skip
+    assert code == 0
+    times = json.loads(out.read_text())["ms"]
+    assert all(isinstance(times[m]["torch"], float) and times[m]["torch"] > 0 for m in times)

@@ -173,7 +173,7 @@ def measure_latency(
 @torch.inference_mode()
 def compare_latency(
     models: Mapping[str, nn.Module],
-    input_shape: tuple[int, int, int],
+    input_shape: tuple[int, int, int] | Mapping[str, tuple[int, int, int]],
     *,
     rounds: int = 5,
     runs: int = 4,
@@ -185,19 +185,27 @@ def compare_latency(
 
     Each round times ``runs`` passes of every model in turn, so load from other processes or
     clock changes hit all of them alike; the ratio of two results is what to quote.
+    ``input_shape``: one ``(C, H, W)`` for all, or one per model name (a model at a smaller
+    input timed beside the others).
     """
     dev = torch.device(device)
-    x = torch.rand((1, *input_shape), generator=torch.Generator().manual_seed(0)).to(dev)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    shapes = {name: tuple(input_shape[name] if isinstance(input_shape, Mapping) else input_shape)
+              for name in models}  # fmt: skip
+    inputs = {}
+    for shape in set(shapes.values()):
+        x = torch.rand((1, *shape), generator=torch.Generator().manual_seed(0)).to(dev)
+        inputs[shape] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     times: dict[str, list[float]] = {name: [] for name in models}
-    for model in models.values():
+    for name, model in models.items():
         model.eval()
-        time_calls(lambda m=model: m(x), warmup=warmup, runs=0, synchronize=sync)
+        x = inputs[shapes[name]]
+        time_calls(lambda m=model, x=x: m(x), warmup=warmup, runs=0, synchronize=sync)
     for _ in range(rounds):
         for name, model in models.items():
-            times[name] += time_calls(lambda m=model: m(x), warmup=0, runs=runs, synchronize=sync)
+            x = inputs[shapes[name]]
+            times[name] += time_calls(lambda m=model, x=x: m(x), warmup=0, runs=runs,
+                                      synchronize=sync)  # fmt: skip
     desc = device_description(dev)
     return {name: summarize(t, batch_size=1, device=desc) for name, t in times.items()}
 

@@ -140,8 +140,9 @@ def time_runtimes(
     """Batch-1 latency of every model in every runtime, all timed side by side.
 
     Args:
-        models: name -> model; all take the same input shape. A model bound to a runtime (an
-            INT8 ``.onnx`` in ONNX Runtime) is timed there only.
+        models: name -> model, each timed at its own input shape (a model at a smaller input
+            beside the others). A model bound to a runtime (an INT8 ``.onnx`` in ONNX Runtime)
+            is timed there only.
         runtimes: which of ``torch``, ``onnxruntime``, ``opencv`` to try.
         rounds, runs: alternating rounds of ``runs`` passes of each (model, runtime) in turn
             (:func:`yolo_prune.eval.latency.compare_latency`), so machine load hits all alike.
@@ -153,18 +154,18 @@ def time_runtimes(
     from yolo_prune.eval.latency import compare_latency
 
     built: dict[str, nn.Module] = {}
+    shapes: dict[str, tuple[int, int, int]] = {}
     out: dict[str, dict[str, float | str]] = {name: {} for name in models}
-    shapes = {tuple(m.input_shape) for m in models.values()}
-    if len(shapes) != 1:
-        raise ConfigError(f"models of different input shapes cannot be timed together: {shapes}")
     for name, model in models.items():
         bound = getattr(model, "runtime_name", None)
         for runtime in (bound,) if bound else runtimes:
+            key = f"{name}\t{runtime}"
             try:
-                built[f"{name}\t{runtime}"] = build_runtime(model, runtime, threads=threads).model
+                built[key] = build_runtime(model, runtime, threads=threads).model
+                shapes[key] = tuple(model.input_shape)
             except Exception as exc:  # recorded in the table, not fatal to the others
                 out[name][runtime] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    results = compare_latency(built, shapes.pop(), rounds=rounds, runs=runs)
+    results = compare_latency(built, shapes, rounds=rounds, runs=runs)
     for key, latency in results.items():
         name, runtime = key.split("\t")
         out[name][runtime] = latency.latency_ms
