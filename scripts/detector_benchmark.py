@@ -4,7 +4,8 @@
     .venv/bin/python scripts/detector_benchmark.py [--out runs/detector_benchmark]
         [--models yolov3-tiny,yolo-fastest] [--epochs 5] [--admm-epochs 5] [--labels 0]
         [--round-to 8]
-        [--flops 0.65,0.45] [--ratios 0.5,0.7,0.9] [--parts structured,unstructured] [--jobs 2]
+        [--flops 0.65,0.45] [--ratios 0.5,0.7,0.9] [--jobs 2]
+        [--parts structured,unstructured,resolution]
 
 For each model (real COCO weights, input 320, fine-tuned on the 128 coco128 train images,
 scored on its 64 val images), every point is one ``yolo-prune prune`` run of a recipe the script
@@ -24,6 +25,10 @@ only in how they choose what to remove:
   cannot trace, no ratio reaches the target, ...) is kept as a row with its error.
 * unstructured, at each ``--ratios``: ``ours-u`` (global ADMM, conservative policy) against
   ``magnitude`` (one-shot global magnitude), same fine-tuning.
+* resolution, a reference at each ``--flops`` target, not a pruning method: the dense model,
+  untouched, at the largest smaller input (a multiple of 32) that costs no more than the target
+  (``yolo-prune export --format darknet --size S``, then ``yolo-prune eval``). It answers the
+  first question a user has: does a cut beat simply running the model smaller?
 
 Points run ``--jobs`` at a time (default 2), each ``yolo-prune`` process on its share of the
 CPU cores (``OMP_NUM_THREADS``): two one-thread trainings on two cores get through more epochs
@@ -51,6 +56,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +77,10 @@ MODELS = {  # name: (cfg, weights file in shared/data/weights, recipe with its t
 }
 STRUCTURED = ("ours", "l1", "bn", "tp-magnitude", "tp-taylor")
 UNSTRUCTURED = ("ours-u", "magnitude")
+PARTS = ("structured", "unstructured", "resolution")
+REFERENCE = "dense-smaller"  # the resolution part's one row per target
+SIZE = 320  # every point's input side
+STRIDE = 32  # both models run at any multiple of it
 
 
 def bench_recipe(model: str, epochs: int, admm_epochs: int, *, labels: float = 0.0,
@@ -118,14 +128,15 @@ def bench_recipe(model: str, epochs: int, admm_epochs: int, *, labels: float = 0
 
 
 def plan(parts: str, flops: str, ratios: str, methods: str) -> list[tuple[str, str, tuple, str]]:
-    """The points to run, in order: ``(part, target folder, CLI flag, method)``.
+    """The points to run, in order: ``(part, target folder, CLI flag, method)``; the
+    resolution part's method is :data:`REFERENCE`, whatever ``methods`` says.
 
     Raises:
         ValueError: an unknown part or method.
     """
     chosen = parts.split(",")  # whole names: "structured" is a substring of "unstructured"
     wanted = methods.split(",")
-    for name, given, known in (("--parts", chosen, ("structured", "unstructured")),
+    for name, given, known in (("--parts", chosen, PARTS),
                                ("--methods", wanted, STRUCTURED + UNSTRUCTURED)):  # fmt: skip
         unknown = [x for x in given if x not in known]
         if unknown:
@@ -138,6 +149,8 @@ def plan(parts: str, flops: str, ratios: str, methods: str) -> list[tuple[str, s
     if "unstructured" in chosen:
         points += [("unstructured", f"r{r}", ("--ratio", r), m)
                    for r in ratios.split(",") for m in UNSTRUCTURED if m in wanted]  # fmt: skip
+    if "resolution" in chosen:
+        points += [("resolution", f"flops{f}", ("--flops", f), REFERENCE) for f in flops.split(",")]
     return points
 
 
@@ -205,17 +218,98 @@ def relax_caps(report: dict, point: Path, recipe: Path, cfg: str, weights: Path,
     return report
 
 
-def compare(val: Path, ours: Path, rival: Path, calls: Calls) -> dict:
+def compare(val: Path, ours: Path, rival: Path, calls: Calls, *, cfg: Path | None = None) -> dict:
     """Paired bootstrap of AP50, ours minus rival, over the val images; a kept result is
-    reused only if it is newer than both points' reports (a point run again is compared
-    again)."""
-    out = rival / f"vs-{ours.name}.json"
-    newest = max((d / "report.json").stat().st_mtime for d in (ours, rival))
+    reused only if it is newer than both points' files (a point run again is compared
+    again). ``rival``: a prune output folder, or a ``.weights`` file with its ``cfg``."""
+    folder = rival if cfg is None else rival.parent
+    out = folder / f"vs-{ours.name}.json"
+    newest = max(f.stat().st_mtime for f in (ours / "report.json", rival if cfg else
+                                             rival / "report.json"))  # fmt: skip
     if not out.is_file() or out.stat().st_mtime < newest:
         subprocess.run([sys.executable, "scripts/compare_points.py", "--data", str(val),
-                        "--a", str(ours), "--b", str(rival), "--out", str(out)],
+                        "--a", str(ours), "--b", str(rival), "--out", str(out),
+                        *(["--cfg", str(cfg)] if cfg else [])],
                        cwd=ROOT, check=True, capture_output=True, env=calls.env)  # fmt: skip
     return json.loads(out.read_text())
+
+
+def cli(args: list[str], calls: Calls) -> subprocess.CompletedProcess:
+    """One ``yolo-prune`` call, its output captured; raises CalledProcessError if it fails."""
+    print("+ yolo-prune " + " ".join(args), flush=True)
+    return subprocess.run([sys.executable, "-m", "yolo_prune.cli.main", *args], cwd=ROOT,
+                          check=True, capture_output=True, text=True, env=calls.env)  # fmt: skip
+
+
+def smaller_input(fraction: float, gflops: Callable[[int], float]) -> int | None:
+    """The largest input side under :data:`SIZE`, a multiple of :data:`STRIDE`, at which the
+    dense model costs at most ``fraction`` of its GFLOPs at :data:`SIZE` (2% over allowed, as
+    ``prune --flops``); ``gflops(side)``: the dense model's GFLOPs at that side."""
+    budget = fraction * gflops(SIZE) * 1.02
+    return next((side for side in range(SIZE - STRIDE, 0, -STRIDE) if gflops(side) <= budget),
+                None)  # fmt: skip
+
+
+def dense_at(m: Setup, side: int, folder: Path, calls: Calls) -> tuple[Path, Path]:
+    """The dense cfg+weights written for input ``side`` (``yolo-prune export --format darknet``),
+    kept under ``folder``."""
+    cfg, weights = folder / "dense.cfg", folder / "dense.weights"
+    if not (cfg.is_file() and weights.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        cli(["export", "--format", "darknet", "--cfg", m.cfg, "--weights", str(m.weights),
+             "--size", str(side), "--out", str(folder / "dense")], calls)  # fmt: skip
+    return cfg, weights
+
+
+def reference(m: Setup, point: tuple, data: Path, calls: Calls) -> dict:
+    """The resolution part's point: the dense model, untouched, at the largest smaller input
+    that costs no more than the target; its ``yolo-prune eval`` figures with ``side`` and the
+    dense GFLOPs at :data:`SIZE`, or its error."""
+    _, target, (_, fraction), _ = point
+    folder = m.root / "resolution" / target / REFERENCE
+    out = folder / "eval.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    t0 = time.perf_counter()
+
+    def gflops(side: int) -> float:
+        info = cli(["info", m.cfg, "--size", str(side), "--json"], calls)
+        return json.loads(info.stdout)["bflops"]
+
+    try:
+        side = smaller_input(float(fraction), gflops)
+        if side is None:
+            return {"error": f"no input side under {SIZE} costs at most {fraction} of the FLOPs"}
+        cfg, weights = dense_at(m, side, folder, calls)
+        cli(["eval", "--cfg", str(cfg), "--weights", str(weights), "--data", str(data),
+             "--runtime", "torch", "--no-latency", "--no-progress", "--out",
+             str(folder / "eval.tmp.json")], calls)  # fmt: skip
+    except subprocess.CalledProcessError as e:
+        lines = [x for x in (e.stderr or "").strip().splitlines() if x.strip()]
+        return {"error": lines[-1] if lines else f"exit {e.returncode}"}
+    figures = json.loads((folder / "eval.tmp.json").read_text())
+    figures.update(side=side, dense_gflops=gflops(SIZE), minutes=(time.perf_counter() - t0) / 60)
+    out.write_text(json.dumps(figures, indent=1) + "\n")
+    (folder / "eval.tmp.json").unlink()
+    return figures
+
+
+def reference_row(target: str, figures: dict) -> dict:
+    """A table row of the resolution part (the columns of :func:`row`)."""
+    if "error" in figures:
+        return {"method": REFERENCE, "target": target, "error": figures["error"]}
+    return {
+        "method": REFERENCE,
+        "target": target,
+        "input": figures["side"],
+        "ratio": "-",
+        "AP50": figures["AP50"],
+        "gflops": figures["gflops"],
+        "gflops_fraction": figures["gflops"] / figures["dense_gflops"],
+        "latency_ms": None,  # timed beside dense and the cuts by retime
+        "admm_residual": None,
+        "minutes": figures["minutes"],
+    }
 
 
 def row(method: str, target: str, report: dict, policy: dict | None = None) -> dict:
@@ -268,12 +362,13 @@ def markdown(model: str, rows: list[dict], argv: list[str]) -> str:
               if cmp else "")  # fmt: skip
         res = "-" if r["admm_residual"] is None else f"{r['admm_residual']:.4f}"
         name = r["method"] + (f" ({r['relaxed']})" if r.get("relaxed") else "")
+        name += f" at {r['input']}x{r['input']} (not pruned)" if r.get("input") else ""
         lines.append(
             f"| {r['part']} | {r['target']} | {name} | {_pct(r['AP50'])} | {ci} | "
             f"{r['gflops']:.3f} ({r['gflops_fraction']:.3f}) | {_ms(r['latency_ms'])} | "
             f"{r['ratio']} | {res} | {r['minutes']:.1f} |"
         )
-    timed = [r for r in rows if r.get("dense_latency_ms")]  # unstructured rows are not retimed
+    timed = [r for r in rows if r.get("dense_latency_ms") and "dense_AP50" in r]  # pruned, retimed
     dense = (timed or [r for r in rows if "dense_AP50" in r] or [None])[0]
     if dense:
         lines += ["", f"Dense: AP50 {_pct(dense['dense_AP50'])}, "
@@ -297,6 +392,11 @@ def plot(model: str, rows: list[dict], path: Path) -> None:
     for method, pts in lines.items():
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=method)
+    smaller = sorted((r["latency_ms"], 100 * r["AP50"]) for r in rows if r["part"] == "resolution"
+                     and "error" not in r and r["latency_ms"])  # fmt: skip
+    if smaller:
+        ax.plot(*zip(*smaller, strict=True), marker="s", ls="--", c="grey",
+                label="dense at a smaller input (not pruned)")  # fmt: skip
     dense = [r for r in rows if r.get("dense_latency_ms")]
     if dense:
         ms = sum(r["dense_latency_ms"] for r in dense) / len(dense)
@@ -310,18 +410,24 @@ def plot(model: str, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def retime(root: Path, rows: list[dict], cfg: str, weights: Path) -> None:
-    """Time dense and every structured point's shrunk model side by side in one quiet run
+def retime(m: Setup, rows: list[dict], calls: Calls) -> None:
+    """Time dense, every structured point's shrunk model and the resolution part's smaller
+    dense models side by side in one quiet run
     (``yolo-prune bench``) and make that the rows' ``latency_ms`` (each job's own timing, taken
     while other work may have loaded the machine, stays as ``latency_ms_job``)."""
-    out = root / "latency.json"
-    shrunk = {f"{r['target']}/{r['method']}": root / r["part"] / r["target"] / r["method"]
-              for r in rows if r["part"] == "structured" and "error" not in r}  # fmt: skip
-    specs = [f"dense={cfg}:{weights}"] + [
-        f"{name}={d / 'pruned-shrunk.cfg'}:{d / 'pruned-shrunk.weights'}"
-        for name, d in shrunk.items() if (d / "pruned-shrunk.cfg").is_file()
-    ]  # fmt: skip
-    args = ["bench", "--size", "320", "--json", str(out)]
+    out = m.root / "latency.json"
+    files = {"structured": ("pruned-shrunk.cfg", "pruned-shrunk.weights"),
+             "resolution": ("dense.cfg", "dense.weights")}  # fmt: skip
+    # every cfg carries the side it runs at (dense written at SIZE for it), so no --size
+    dense_cfg, dense_weights = dense_at(m, SIZE, m.root / "dense", calls)
+    specs = [f"dense={dense_cfg}:{dense_weights}"]
+    for r in rows:
+        if r["part"] in files and "error" not in r:
+            folder = m.root / r["part"] / r["target"] / r["method"]
+            cfg, weights = (folder / f for f in files[r["part"]])
+            if cfg.is_file():
+                specs.append(f"{r['target']}/{r['method']}={cfg}:{weights}")
+    args = ["bench", "--json", str(out)]
     for spec in specs:
         args += ["--model", spec]
     print("+ yolo-prune " + " ".join(args), flush=True)
@@ -335,7 +441,8 @@ def retime(root: Path, rows: list[dict], cfg: str, weights: Path) -> None:
     for r in rows:
         key = f"{r['target']}/{r['method']}"
         if key in ms:
-            r["latency_ms_job"], r["dense_latency_ms_job"] = r["latency_ms"], r["dense_latency_ms"]
+            r["latency_ms_job"] = r["latency_ms"]
+            r["dense_latency_ms_job"] = r.get("dense_latency_ms")
             r["latency_ms"], r["dense_latency_ms"] = fastest(key), fastest("dense")
             r["latency_ms_by_runtime"] = ms[key]
 
@@ -367,6 +474,8 @@ def setup(model: str, a: argparse.Namespace) -> Setup:
 def run_point(m: Setup, point: tuple, data: Path, calls: Calls) -> dict:
     """One planned point's report (or error); ours' caps relaxed if its target is missed."""
     part, target, flag, method = point
+    if part == "resolution":
+        return reference(m, point, data, calls)
     folder = m.root / part / target / method
     report = prune(folder, m.recipe, m.cfg, m.weights, data, method, *flag, calls=calls)
     if method in RELAX:
@@ -378,11 +487,14 @@ def run_point(m: Setup, point: tuple, data: Path, calls: Calls) -> dict:
 def versus(m: Setup, point: tuple, report: dict, data: Path, calls: Calls) -> dict | None:
     """A rival's paired bootstrap against ours at its target (None for ours, or a failed run)."""
     part, target, _, method = point
-    ours = "ours" if part == "structured" else "ours-u"  # first in its part's list
-    mine = m.root / part / target / ours
+    ours = "ours-u" if part == "unstructured" else "ours"  # first in its part's list
+    mine = m.root / ("unstructured" if part == "unstructured" else "structured") / target / ours
     if method == ours or "error" in report or not (mine / "report.json").is_file():
         return None
-    return compare(data, mine, m.root / part / target / method, calls)
+    folder = m.root / part / target / method
+    if part == "resolution":  # the smaller dense model: its cfg+weights, not a prune folder
+        return compare(data, mine, folder / "dense.weights", calls, cfg=folder / "dense.cfg")
+    return compare(data, mine, folder, calls)
 
 
 def cpu() -> str:
@@ -416,7 +528,7 @@ def main() -> None:
     )
     p.add_argument("--flops", default="0.65,0.45", help="structured FLOPs targets")
     p.add_argument("--ratios", default="0.5,0.7,0.9", help="unstructured ratios")
-    p.add_argument("--parts", default="structured,unstructured")
+    p.add_argument("--parts", default=",".join(PARTS))
     p.add_argument("--methods", default=",".join(STRUCTURED + UNSTRUCTURED))
     p.add_argument("--no-retime", dest="retime", action="store_false",
                    help="keep each job's own latency instead of timing every shrunk model "
@@ -448,12 +560,13 @@ def main() -> None:
         for (owner, (part, target, _, method)), report, vs in zip(points, reports, versus_ours,
                                                                  strict=True):  # fmt: skip
             if owner is m:
-                rows.append({"part": part, "cpu": cpu(),
-                             **row(method, target, report, m.policies.get(method))})  # fmt: skip
+                figures = (reference_row(target, report) if part == "resolution"
+                           else row(method, target, report, m.policies.get(method)))  # fmt: skip
+                rows.append({"part": part, "cpu": cpu(), **figures})
                 if vs is not None:
                     rows[-1]["vs_ours"] = vs
         if a.retime:
-            retime(m.root, rows, m.cfg, m.weights)
+            retime(m, rows, calls)
         (m.root / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
         (m.root / "results.md").write_text(markdown(m.name, rows, argv))
         plot(m.name, rows, m.root / "structured.png")

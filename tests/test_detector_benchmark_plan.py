@@ -40,6 +40,31 @@ def test_ours_runs_before_its_rivals_at_every_target(bench):
     assert points[0][2] == ("--flops", "0.65")
 
 
+def test_the_resolution_reference_is_one_point_per_flops_target(bench):
+    points = bench.plan("structured,resolution", "0.65,0.45", "0.5", "ours")
+    assert [(p[0], p[1], p[3]) for p in points] == [
+        ("structured", "flops0.65", "ours"),
+        ("structured", "flops0.45", "ours"),
+        ("resolution", "flops0.65", bench.REFERENCE),
+        ("resolution", "flops0.45", bench.REFERENCE),
+    ]
+    assert points[2][2] == ("--flops", "0.65")
+
+
+@pytest.mark.parametrize("fraction, side", [(0.65, 256), (0.45, 192), (0.3, 160), (0.005, None)])
+def test_the_smaller_input_is_the_largest_side_within_the_flops_budget(bench, fraction, side):
+    # FLOPs grow with the pixels: 256 keeps 0.64 of 320's (within 0.65 + 2%), 224 keeps 0.49
+    # (over 0.45 + 2%), and no multiple of 32 is as cheap as 0.005
+    asked = []
+
+    def gflops(s: int) -> float:
+        asked.append(s)
+        return 3.3 * (s / 320) ** 2
+
+    assert bench.smaller_input(fraction, gflops) == side
+    assert all(s % 32 == 0 and s <= 320 for s in asked)
+
+
 @pytest.mark.parametrize("parts, methods, word", [
     ("structure", "ours", "--parts: unknown structure"),
     ("structured", "ours,lamp", "--methods: unknown lamp"),
