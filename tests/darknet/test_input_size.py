@@ -68,3 +68,18 @@ def test_a_classifier_runs_only_at_its_size(repo_cfg):
     _, h, w = model.input_shape
     with pytest.raises(ConfigError, match=rf"this network runs at {w}x{h} only"):
         model(torch.rand(1, model.input_shape[0], h * 2, w * 2))
+
+
+def test_at_size_is_the_same_detector_built_for_that_input(saved_models, repo_cfg):
+    model, cfg, weights = saved_models("yolov3-tiny")
+    small = model.at_size(256)
+    assert small.input_shape == (3, 256, 256) and model.input_shape == (3, 416, 416)
+    built = Darknet.from_cfg(cfg, size=256)
+    built.load_weights(weights)
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(small.eval()(x), built.eval()(x), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        model.at_size(250)
+    with pytest.raises(ConfigError, match="only"):
+        Darknet.from_cfg(repo_cfg / "lenet5.cfg").at_size(64)

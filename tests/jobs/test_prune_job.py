@@ -140,6 +140,16 @@ def test_soft_filter_run_exports_a_shrunk_model_with_the_same_outputs(
         a, b = masked.eval()(x), small.eval()(x)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
     assert report["shrunk"]["AP50"] is not None and report["shrunk"]["fps"] is None
+    # beside the cut: the dense model at the largest smaller input within the shrunk FLOPs
+    smaller = report["smaller_input"]
+    stride = Darknet.from_cfg(TINY_CFG).graph.max_stride
+    assert smaller["input"] % stride == 0 and smaller["input"] < 64
+    assert smaller["gflops"] <= report["shrunk"]["gflops"] * 1.02
+    assert smaller["AP50"] is not None and smaller["params"] == report["dense"]["params"]
+    assert (
+        f"dense at {smaller['input']}x{smaller['input']}, not pruned"
+        in (tmp_path / "report.md").read_text()
+    )
 
 
 def test_one_shot_channel_pruning_ranks_on_data_and_refits_the_shrunk_model(

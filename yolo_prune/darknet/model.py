@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -102,6 +103,20 @@ class Darknet(nn.Module):
         if heads:
             return heads if self.training else torch.cat(heads, dim=1)
         return prev.flatten(1)
+
+    def at_size(self, size: int) -> Darknet:
+        """The same detector, the same weights, built for a ``size`` x ``size`` input (a multiple
+        of its largest stride): its FLOPs and exports are those of that input.
+
+        Raises:
+            ConfigError: a classifier (its layers are sized for its input), or a size that is
+                not a multiple of the stride.
+        """
+        self._check_input_size(size, size)
+        twin = Darknet(copy.deepcopy(self.sections), size=size)
+        twin.load_state_dict(self.state_dict())
+        twin.header = self.header
+        return twin.train(self.training)
 
     def _check_input_size(self, height: int, width: int) -> None:
         """A detector runs at any multiple of its largest stride; other inputs are refused."""

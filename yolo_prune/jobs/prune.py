@@ -302,9 +302,10 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     if main:
         atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
 
-    # One frozen copy of the dense model: the teacher (never trained), the timing baseline and
+    # One frozen copy of the dense model: the teacher (never trained), the timing baseline, the
+    # smaller-input reference and
     # the refit's target.
-    frozen = copy.deepcopy(model) if config.latency or distill or refit else None
+    frozen = copy.deepcopy(model) if config.latency or distill or refit or config.val else None
 
     logger.info("pruning with %s (%s) at ratio %s", config.method, method, options.get("ratio"))
     importance = task.importance()  # measured only if the method ranks channels by "fisher"
@@ -341,6 +342,12 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         shrunk_metrics = task.evaluate(shrunk_model)
     else:
         shrunk_model = shrunk_metrics = None
+    # what running the dense model at a smaller input gives for the same FLOPs: the first thing
+    # to compare a structured cut with
+    smaller = smaller_metrics = None
+    if shrunk_metrics is not None and config.val is not None and frozen is not None:
+        smaller = dense_at_smaller_input(frozen, shrunk_metrics.get("gflops"))
+        smaller_metrics = task.evaluate(smaller) if smaller is not None else None
     int8_model = int8_metrics = None
     if config.deploy and task.kind == "detection":  # the ONNX wrappers run detectors only
         shipped = shrunk_model if shrunk_model is not None else model
@@ -352,10 +359,11 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
             int8_model = load_onnx_model(int8_path)
             int8_metrics = task.evaluate(int8_model)
     if config.latency and frozen is not None:
-        timed = {"dense": frozen, "pruned": model, "shrunk": shrunk_model, "int8": int8_model}
+        timed = {"dense": frozen, "pruned": model, "shrunk": shrunk_model, "int8": int8_model,
+                 "smaller_input": smaller}  # fmt: skip
         speeds = time_side_by_side({k: v for k, v in timed.items() if v is not None}, config)
         columns = (("dense", dense), ("pruned", pruned), ("shrunk", shrunk_metrics),
-                   ("int8", int8_metrics))  # fmt: skip
+                   ("int8", int8_metrics), ("smaller_input", smaller_metrics))  # fmt: skip
         for name, metrics in columns:
             if metrics is not None and name in speeds:
                 metrics.update(speeds[name])
@@ -389,6 +397,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         if shrunk_metrics
         else None,
         "int8": _figures(int8_metrics, out / "pruned-int8.onnx") if int8_metrics else None,
+        "smaller_input": {**_figures(smaller_metrics, None), "input": smaller.input_shape[1]}
+        if smaller_metrics
+        else None,
         "files": files,
         "dense_weights_bytes": _darknet_bytes(frozen) if frozen is not None else None,
         "dense_training": trained,
@@ -487,6 +498,24 @@ def admm_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def dense_at_smaller_input(dense: nn.Module, gflops: float | None) -> nn.Module | None:
+    """``dense`` at the largest smaller square input, a multiple of its stride, that costs at
+    most ``gflops`` (2% over allowed, as ``--flops``); None for a model that cannot run at
+    another input (``at_size``: a Darknet detector can) or when no smaller input is that cheap."""
+    from yolo_prune.eval.detection import size_figures
+
+    at_size = getattr(dense, "at_size", None)
+    if at_size is None or not gflops or not getattr(dense, "is_detector", False):
+        return None
+    _, height, width = dense.input_shape
+    stride = dense.graph.max_stride
+    for side in range(min(height, width) - stride, 0, -stride):
+        twin = at_size(side)
+        if (size_figures(twin)["gflops"] or 0) <= gflops * 1.02:
+            return twin.eval()
+    return None
+
+
 def time_side_by_side(
     models: Mapping[str, nn.Module], config: PruneJobConfig
 ) -> dict[str, dict[str, Any]]:
@@ -501,7 +530,7 @@ def time_side_by_side(
     if torch.device(config.device).type != "cpu":
         ready = {k: prepare_for_inference(v).to(config.device) for k, v in models.items()
                  if getattr(v, "runtime_name", None) is None}  # fmt: skip
-        results = compare_latency(ready, next(iter(ready.values())).input_shape,
+        results = compare_latency(ready, {k: v.input_shape for k, v in ready.items()},
                                   device=config.device)  # fmt: skip
         return {k: {"fps": r.fps, "latency_ms": r.latency_ms,
                     "latency_ms_by_runtime": {"torch": r.latency_ms}}
@@ -728,6 +757,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         cols.append((label, report["shrunk"]))
     if report.get("int8"):
         cols.append(("shipped, INT8 (pruned-int8.onnx)", report["int8"]))
+    smaller = report.get("smaller_input")
+    if smaller:
+        cols.append((f"dense at {smaller['input']}x{smaller['input']}, not pruned", smaller))
     lines = [
         f"# {Path(report['cfg']).stem}: {report['method']} at ratio {report['ratio']}",
         "",
@@ -760,6 +792,10 @@ def format_report(report: Mapping[str, Any]) -> str:
         )
         + f". Whole run: {report['minutes']:.1f} min.",
     ]
+    if smaller:
+        lines += ["", "The last column is the dense model run at the largest smaller input that "
+                  "costs at most the shrunk one's FLOPs, 2% over allowed (no pruning, no "
+                  "training): a cut is worth shipping only where it beats that."]  # fmt: skip
     if report.get("measured") is False:
         lines += ["", "**Accuracy was not measured**: no --data/--val was given, so this run "
                   "pruned from the weights alone (no fine-tuning, no refit, no INT8 file). "
