@@ -388,7 +388,7 @@ def plot(model: str, rows: list[dict], path: Path) -> None:
              for method in STRUCTURED}  # fmt: skip
     if not any(lines.values()):  # an unstructured-only run: a folder's earlier plot stays
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for method, pts in lines.items():
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=method)
@@ -404,7 +404,7 @@ def plot(model: str, rows: list[dict], path: Path) -> None:
     ax.set_xlabel("batch-1 latency, shrunk model, fastest runtime (ms)")
     ax.set_ylabel("AP50 (%), 64 coco128 val images")
     ax.set_title(f"{model}: structured pruning at equal FLOPs")
-    ax.legend()
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
