@@ -303,8 +303,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         atomic_write_text(out / "dense.json", json.dumps(dense, indent=1) + "\n")
 
     # One frozen copy of the dense model: the teacher (never trained), the timing baseline, the
-    # smaller-input reference and
-    # the refit's target.
+    # smaller-input reference and the refit's target.
     frozen = copy.deepcopy(model) if config.latency or distill or refit or config.val else None
 
     logger.info("pruning with %s (%s) at ratio %s", config.method, method, options.get("ratio"))
