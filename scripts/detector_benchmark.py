@@ -272,9 +272,13 @@ def reference(m: Setup, point: tuple, data: Path, calls: Calls) -> dict:
         return json.loads(out.read_text())
     t0 = time.perf_counter()
 
-    def gflops(side: int) -> float:
-        info = cli(["info", m.cfg, "--size", str(side), "--json"], calls)
-        return json.loads(info.stdout)["bflops"]
+    measured: dict[int, float] = {}
+
+    def gflops(side: int) -> float:  # each side asked of `yolo-prune info` once
+        if side not in measured:
+            info = cli(["info", m.cfg, "--size", str(side), "--json"], calls)
+            measured[side] = json.loads(info.stdout)["bflops"]
+        return measured[side]
 
     try:
         side = smaller_input(float(fraction), gflops)
