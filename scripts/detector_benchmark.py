@@ -63,6 +63,7 @@ from pathlib import Path
 
 import yaml
 
+from yolo_prune.jobs.prune import smaller_side
 from yolo_prune.jobs.recipe import read_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,10 +245,8 @@ def cli(args: list[str], calls: Calls) -> subprocess.CompletedProcess:
 def smaller_input(fraction: float, gflops: Callable[[int], float]) -> int | None:
     """The largest input side under :data:`SIZE`, a multiple of :data:`STRIDE`, at which the
     dense model costs at most ``fraction`` of its GFLOPs at :data:`SIZE` (2% over allowed, as
-    ``prune --flops``); ``gflops(side)``: the dense model's GFLOPs at that side."""
-    budget = fraction * gflops(SIZE) * 1.02
-    return next((side for side in range(SIZE - STRIDE, 0, -STRIDE) if gflops(side) <= budget),
-                None)  # fmt: skip
+    the prune report's smaller-input column); ``gflops(side)``: the dense model's GFLOPs there."""
+    return smaller_side(SIZE, STRIDE, fraction * gflops(SIZE), gflops)
 
 
 def dense_at(m: Setup, side: int, folder: Path, calls: Calls) -> tuple[Path, Path]:

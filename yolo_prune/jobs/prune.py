@@ -497,22 +497,32 @@ def admm_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+SMALLER_INPUT_SLACK = 1.02  # a smaller input may cost 2% more GFLOPs than it is held to
+
+
+def smaller_side(
+    side: int, stride: int, budget: float, gflops_at: Callable[[int], float]
+) -> int | None:
+    """The largest input side under ``side``, a multiple of ``stride``, at which a model costs
+    at most ``budget`` GFLOPs (:data:`SMALLER_INPUT_SLACK` over allowed; ``gflops_at(side)``:
+    its GFLOPs there), or None."""
+    limit = budget * SMALLER_INPUT_SLACK
+    return next((s for s in range(side - stride, 0, -stride) if gflops_at(s) <= limit), None)
+
+
 def dense_at_smaller_input(dense: nn.Module, gflops: float | None) -> nn.Module | None:
-    """``dense`` at the largest smaller square input, a multiple of its stride, that costs at
-    most ``gflops`` (2% over allowed, as ``--flops``); None for a model that cannot run at
-    another input (``at_size``: a Darknet detector can) or when no smaller input is that cheap."""
-    from yolo_prune.eval.detection import size_figures
+    """``dense`` at the largest smaller square input that costs at most ``gflops``
+    (:func:`smaller_side`); None for a model that cannot run at another input (``at_size``: a
+    Darknet detector can) or when no smaller input is that cheap."""
+    from yolo_prune.darknet.graph import build_graph
 
     at_size = getattr(dense, "at_size", None)
     if at_size is None or not gflops or not getattr(dense, "is_detector", False):
         return None
     _, height, width = dense.input_shape
-    stride = dense.graph.max_stride
-    for side in range(min(height, width) - stride, 0, -stride):
-        twin = at_size(side)
-        if (size_figures(twin)["gflops"] or 0) <= gflops * 1.02:
-            return twin.eval()
-    return None
+    side = smaller_side(min(height, width), dense.graph.max_stride, gflops,
+                        lambda s: build_graph(dense.sections, size=s).bflops)  # fmt: skip
+    return None if side is None else at_size(side).eval()
 
 
 def time_side_by_side(
