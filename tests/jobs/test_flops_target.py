@@ -100,3 +100,31 @@ def test_binding_caps_count_a_structured_cut_in_its_channel_multiples():
     assert binding_caps({"b": b}, {"b": 0.7}, round_to=8) == []
     c = torch.ones(8, 8, 1, 1, dtype=torch.bool)  # a run of 8 would empty it: no cap needed
     assert binding_caps({"c": c}, {"c": 0.7}, round_to=8) == []
+
+
+def test_a_removed_residual_block_leaves_the_shrunk_model_and_its_flops(tiny_cfg, tmp_path,
+                                                                         randomize):  # fmt: skip
+    import torch
+
+    from yolo_prune.jobs.prune import removed_blocks, shrink_pruned
+
+    model = randomize(Darknet.from_cfg(tiny_cfg)).eval()
+    assert removed_blocks(model) == []
+    dense = shrunk_gflops(model, {})
+    masks = {f"layers.{i}.conv.weight": torch.zeros_like(model.get_parameter(
+        f"layers.{i}.conv.weight"), dtype=torch.bool) for i in (3, 4)}  # fmt: skip
+    assert shrunk_gflops(model, masks) < dense
+    with torch.no_grad():
+        for name, mask in masks.items():
+            model.get_parameter(name).mul_(mask)
+    assert removed_blocks(model) == ["3-5"]
+    small, files = shrink_pruned(model, tmp_path)
+    assert len(small.layers) == len(model.layers) - 3
+    assert (tmp_path / "pruned-shrunk.cfg").read_text().count("[shortcut]") == 0
+    model.fold_zero_channels_()
+    x = torch.rand(1, 3, *model.input_shape[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=0, atol=0)
+    assert (
+        abs(float(sum(s.bflops for s in small.graph.layers)) - shrunk_gflops(model, masks)) < 1e-9
+    )

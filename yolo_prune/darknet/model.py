@@ -251,13 +251,41 @@ class Darknet(nn.Module):
             self._channel_map = build_channel_map(self.graph)
         return self._channel_map
 
+    def residual_blocks(self) -> list[dict]:
+        """Residual branches that can be removed whole (depth pruning), in layer order: per
+        block, ``weights`` (its convolutions' weight names; all zero = the block is removed),
+        ``output`` (the weight of the convolution whose output the branch adds) and ``gflops``
+        (what removing it saves). See :mod:`yolo_prune.darknet.blocks`."""
+        from yolo_prune.darknet.blocks import find_residual_blocks
+
+        return [
+            {
+                "weights": [self._weight_name(i) for i in b.convs],
+                "output": self._weight_name(b.output),
+                "gflops": b.bflops,
+            }  # fmt: skip
+            for b in find_residual_blocks(self.graph)
+        ]
+
+    def dropped_blocks(self) -> list:
+        """The removable residual blocks whose convolutions' filters are all exactly zero."""
+        from yolo_prune.darknet.blocks import find_residual_blocks
+
+        return [
+            b
+            for b in find_residual_blocks(self.graph)
+            if not any(bool(self._weight(i).any()) for i in b.convs)
+        ]
+
     def zero_channel_groups(self) -> set[int]:
-        """Ids of the prunable channel groups whose producing filters are all exactly zero."""
+        """Ids of the prunable channel groups whose producing filters are all exactly zero
+        (those inside a dropped residual block excepted: the block goes whole)."""
+        inside = {i for b in self.dropped_blocks() for i in b.layers}
         groups = set()
         for grp in self.channel_map().groups:
-            if grp.prunable and all(
-                not bool(self._weight(layer)[ch].any()) for layer, ch in grp.producers
-            ):
+            if not grp.prunable or all(layer in inside for layer, _ in grp.producers):
+                continue
+            if all(not bool(self._weight(layer)[ch].any()) for layer, ch in grp.producers):
                 groups.add(grp.id)
         return groups
 
@@ -271,11 +299,13 @@ class Darknet(nn.Module):
         gamma * running mean / std in eval mode, so training and evaluation see two different
         networks and the running mean drifts between them.
         """
+        from yolo_prune.darknet.blocks import silence_
         from yolo_prune.darknet.surgery import fold_pruned_
 
         groups = self.zero_channel_groups()
         if groups:
             fold_pruned_(self, groups, self.channel_map())
+        silence_(self, self.dropped_blocks())
         return groups
 
     def refit_pruned_(self, dense: Darknet, images: torch.Tensor) -> set[int]:
@@ -297,7 +327,8 @@ class Darknet(nn.Module):
         was_training = self.training
         small = shrink(self, groups).eval()
         device = next(self.parameters()).device
-        reconstruct_(small, dense.to(device).eval(), images.to(device), groups)
+        dead = {i for b in self.dropped_blocks() for i in b.layers}
+        reconstruct_(small, dense.to(device).eval(), images.to(device), groups, skip=dead)
         expand_into_(self, small, groups)
         self.train(was_training)
         return groups

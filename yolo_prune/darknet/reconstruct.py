@@ -18,6 +18,7 @@ network that was refitted (running statistics).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import torch
 
@@ -107,6 +108,7 @@ def reconstruct_(
     max_rows: int = 200_000,
     seed: int = 0,
     renormalize: bool = True,
+    skip: Collection[int] = (),
 ) -> Darknet:
     """Refit ``small`` (``dense`` shrunk without the ``pruned`` groups) in place.
 
@@ -120,6 +122,7 @@ def reconstruct_(
         max_rows: most output positions sampled per layer (over the whole batch).
         renormalize: set each batch norm's running statistics to its input's on ``images``,
             keeping the function (False: leave them, as before; for tests).
+        skip: layers left as they are (a removed residual branch, which must stay zero).
 
     Returns:
         ``small``, in eval mode.
@@ -140,11 +143,12 @@ def reconstruct_(
         in_s = [prev_s if s == i - 1 else saved_s[s] for s in srcs] if srcs else [images]
         in_d = [prev_d if s == i - 1 else saved_d[s] for s in srcs] if srcs else [images]
         layer_s, layer_d = small.layers[i], dense.layers[i]
-        if spec.kind == "convolutional" and layer_s.conv.groups == 1:
+        refit = spec.kind == "convolutional" and i not in skip
+        if refit and layer_s.conv.groups == 1:
             _refit_conv_(layer_s, layer_d, in_s[0], in_d[0], keep_out[i], ridge=ridge,
                          max_rows=max_rows, generator=gen)  # fmt: skip
             refitted += 1
-        if renormalize and spec.kind == "convolutional" and layer_s.bn is not None:
+        if refit and renormalize and layer_s.bn is not None:
             _renormalize_(layer_s.bn, layer_s.conv(in_s[0]))
         if isinstance(layer_d, YoloLayer):  # as Darknet.forward: a head passes its input on
             out_s, out_d = in_s[0], in_d[0]

@@ -199,3 +199,36 @@ def expand_into_(
             else:
                 big.weight[:, out_idx] = new.weight
     return model
+
+
+@torch.no_grad()
+def shrink_zeroed(
+    model: Darknet,
+    *,
+    refit_to: Darknet | None = None,
+    calibration: torch.Tensor | None = None,
+) -> Darknet | None:
+    """The physically smaller network of a pruned ``model`` (left unchanged): its all-zero
+    channel groups folded and sliced away (:func:`fold_pruned_`, :func:`shrink`), refitted to
+    ``refit_to`` on ``calibration`` images if given
+    (:func:`~yolo_prune.darknet.reconstruct.reconstruct_`), then its residual blocks whose
+    filters are all zero removed (:func:`~yolo_prune.darknet.blocks.drop_blocks`). None when
+    nothing is zero whole."""
+    from yolo_prune.darknet.blocks import drop_blocks
+    from yolo_prune.darknet.reconstruct import reconstruct_
+
+    probe = copy.deepcopy(model)
+    groups = probe.fold_zero_channels_()  # also silences the dropped blocks' branches
+    dropped = probe.dropped_blocks()
+    if not groups and not dropped:
+        return None
+    small = shrink(probe, groups) if groups else probe
+    small.eval()
+    if calibration is not None:
+        if refit_to is None:
+            raise PruneError("a refit needs the dense model to refit to")
+        device = next(small.parameters()).device
+        dead = {i for b in dropped for i in b.layers}
+        reconstruct_(small, refit_to.to(device).eval(), calibration.to(device), groups,
+                     skip=dead)  # fmt: skip
+    return drop_blocks(small, dropped) if dropped else small

@@ -410,6 +410,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "caps_bind": binding_caps(
             result.masks, result.info.get("caps"), round_to=int(result.info.get("round_to", 1))
         ),
+        "blocks_removed": removed_blocks(model),
         "minutes": (time.perf_counter() - started) / 60,
     }
     atomic_write_text(out / "report.md", format_report(report))
@@ -421,15 +422,23 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     return report
 
 
+def removed_blocks(model: nn.Module) -> list[str] | None:
+    """The residual blocks the pruning removed whole, as layer ranges ``"first-shortcut"``
+    (None for a model without removable blocks)."""
+    dropped = getattr(model, "dropped_blocks", None)
+    if dropped is None or not getattr(model, "residual_blocks", list)():
+        return None
+    return [f"{b.layers[0]}-{b.shortcut}" for b in dropped()]
+
+
 def shrunk_gflops(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> float:
-    """GFLOPs of ``model`` shrunk without the channel groups that ``masks`` zero wholly
-    (a Darknet model; its dense GFLOPs when nothing goes whole)."""
-    from yolo_prune.darknet.surgery import shrink
+    """GFLOPs of ``model`` shrunk without the channel groups and residual blocks that ``masks``
+    zero wholly (a Darknet model; its dense GFLOPs when nothing goes whole)."""
+    from yolo_prune.darknet.surgery import shrink_zeroed
 
     probe = copy.deepcopy(model)
     apply_masks_(probe, masks)
-    groups = probe.zero_channel_groups()
-    small = shrink(probe, groups) if groups else probe
+    small = shrink_zeroed(probe) or probe
     return float(sum(spec.bflops for spec in small.graph.layers))
 
 
@@ -494,6 +503,7 @@ def admm_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         "final_rho": float(last["rho"]) if last.get("rho") is not None else None,
         "z_steps": len(steps),
         "layers": {n: float(r) for n, r in (last.get("layers_relative") or {}).items()},
+        "layers_whole": list(last.get("layers_whole") or []),
     }
 
 
@@ -626,30 +636,25 @@ def shrink_pruned(
     refit_to: nn.Module | None = None,
     calibration: torch.Tensor | None = None,
 ) -> tuple[nn.Module, dict[str, int]] | None:
-    """The physically smaller model, if whole channel groups are zero; exported as cfg+weights.
+    """The physically smaller model, if whole channel groups or residual blocks are zero;
+    exported as cfg+weights.
 
     With ``calibration`` images, the shrunk model is then refitted by least squares to
     ``refit_to`` (the dense model), layer by layer (:func:`yolo_prune.darknet.reconstruct`).
     """
-    zero_groups = getattr(model, "zero_channel_groups", None)
-    groups = zero_groups() if zero_groups is not None else set()
-    if not groups:
+    if getattr(model, "zero_channel_groups", None) is None:  # not a Darknet model
         return None
-    from yolo_prune.darknet.surgery import fold_pruned_, shrink
+    from yolo_prune.darknet.surgery import shrink_zeroed
     from yolo_prune.export.darknet import export_darknet
 
-    small = shrink(fold_pruned_(copy.deepcopy(model), groups), groups)
-    small.eval()
-    if calibration is not None:
-        from yolo_prune.darknet.reconstruct import reconstruct_
-
-        if refit_to is None:
-            raise ConfigError("a refit needs the dense model to refit to")
-        device = next(small.parameters()).device
-        reconstruct_(small, refit_to.to(device).eval(), calibration.to(device), groups)
+    if calibration is not None and refit_to is None:
+        raise ConfigError("a refit needs the dense model to refit to")
+    small = shrink_zeroed(model, refit_to=refit_to, calibration=calibration)
+    if small is None:
+        return None
     cfg, weights = out / "pruned-shrunk.cfg", out / "pruned-shrunk.weights"
     export_darknet(small, cfg, weights)
-    logger.info("removed %d channel groups: %s", len(groups), cfg)
+    logger.info("shrunk model: %s (%d of %d layers)", cfg, len(small.layers), len(model.layers))
     sizes = {"pruned-shrunk.cfg": cfg.stat().st_size}
     sizes["pruned-shrunk.weights"] = weights.stat().st_size
     return small, sizes
@@ -813,6 +818,10 @@ def format_report(report: Mapping[str, Any]) -> str:
     if report.get("refit_at") == "the cut, before fine-tuning":
         lines += ["", f"The structured cut was refitted to the dense model by least squares on "
                   f"{report['refit_images']} training images before fine-tuning."]  # fmt: skip
+    if report.get("blocks_removed"):
+        blocks = report["blocks_removed"]
+        lines += ["", f"Residual blocks removed whole (depth): {len(blocks)}, layers "
+                  + ", ".join(blocks) + "."]  # fmt: skip
     if report.get("caps_bind") is not None:
         bound = report["caps_bind"]
         lines += ["", "Conservative caps: " + ("bind in " + ", ".join(
@@ -820,11 +829,15 @@ def format_report(report: Mapping[str, Any]) -> str:
             for r in bound) if bound else "set, but never bind") + "."]  # fmt: skip
     admm = report.get("admm")
     if admm:
-        worst = sorted(admm["layers"].items(), key=lambda kv: -kv[1])[:3]
+        whole = set(admm.get("layers_whole") or ())
+        worst = sorted(((n, r) for n, r in admm["layers"].items() if n not in whole),
+                       key=lambda kv: -kv[1])[:3]  # fmt: skip
         lines += ["", f"ADMM before the hard prune: ||W - Z|| / ||W|| = "
                   f"{admm['final_relative_residual']:.4f} after {admm['z_steps']} Z-steps "
                   f"(rho {admm['final_rho']:.3g}); largest per layer: "
                   + ", ".join(f"{n} {r:.3f}" for n, r in worst)
+                  + (f" ({len(whole)} layers going whole left out: their Z is 0, so theirs is 1)"
+                     if whole else "")
                   + " (all layers in report.json)."]  # fmt: skip
     trained = report.get("dense_training")
     if trained:

@@ -538,6 +538,9 @@ class ADMMHook(Hook):
                 "layers_relative": {
                     n: r / norms[n] if norms[n] else 0.0 for n, r in residual.items()
                 },  # fmt: skip
+                # variables whose Z is all zero (a layer that goes whole: a residual block);
+                # their relative residual is 1 however small W has become
+                "layers_whole": [n for n in residual if not bool(self.Z[n].any())],
             }
         )
         logger.info(

@@ -33,6 +33,13 @@ LossFn = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch) -> scalar lo
 ImportanceFn = Callable[[nn.Module, Sequence[str]], dict[str, torch.Tensor]]
 
 
+def whole_key(name: str) -> str:
+    """The key under which :func:`fisher_channel_scores` returns the Fisher importance of the
+    whole output of target ``name`` (one gate on every channel at once: what switching the
+    layer's output off costs, how a residual branch ending in it is ranked)."""
+    return f"{name}:whole"
+
+
 def channel_output_module(model: nn.Module, name: str) -> nn.Module:
     """The module whose output carries the output channels of parameter ``name``."""
     method = getattr(model, "channel_output", None)
@@ -68,7 +75,9 @@ def fisher_channel_scores(
         max_batches: stop after this many batches.
 
     Returns:
-        Per target, the summed squared gate gradients (>= 0), in loss units squared.
+        Per target, the summed squared gate gradients (>= 0), in loss units squared; and under
+        ``whole_key(name)``, a one-element tensor: the same for one gate on the whole output
+        (the square of each sample's summed channel gates).
 
     Raises:
         PruneError: no batch, or a target whose channels never reached the loss.
@@ -86,6 +95,7 @@ def fisher_channel_scores(
 
     scores = {n: torch.zeros(p.shape[0], dtype=torch.float64)
               for n, p in model.named_parameters() if n in modules}  # fmt: skip
+    wholes = {n: torch.zeros(1, dtype=torch.float64) for n in scores}
     if len(scores) != len(modules):
         missing = sorted(set(modules) - set(scores))
         raise PruneError(f"{missing[0]!r} is not a parameter of the model")
@@ -112,6 +122,7 @@ def fisher_channel_scores(
                 # per-sample gate gradient; x B undoes the loss's mean over the batch
                 gate = (out.detach() * out.grad).reshape(*out.shape[:2], -1).sum(2) * out.shape[0]
                 scores[n] += gate.double().pow(2).sum(0).cpu()
+                wholes[n] += gate.double().sum(1).pow(2).sum().cpu()
             seen += 1
     finally:
         for h in handles:
@@ -124,4 +135,6 @@ def fisher_channel_scores(
     if len(dead) == len(scores):
         raise PruneError("no gradient reached the targets' outputs; is the loss differentiable?")
     logger.info("Fisher channel importance from %d batches", seen)
-    return {n: s.float() / seen for n, s in scores.items()}
+    out = {n: s.float() / seen for n, s in scores.items()}
+    out.update({whole_key(n): s.float() / seen for n, s in wholes.items()})
+    return out

@@ -541,8 +541,9 @@ def project_channel_groups(
     scores: Mapping[str, torch.Tensor] | None = None,
     normalize: bool | Mapping[str, float] = True,
     round_to: int = 1,
+    blocks: Sequence[tuple[Group, float]] = (),
 ) -> dict[str, torch.Tensor]:
-    """Keep-masks that remove the least important channel groups.
+    """Keep-masks that remove the least important channel groups (and residual blocks).
 
     Args:
         weights: ``name -> weight`` (dim 0 = output channels) of the target layers.
@@ -567,6 +568,12 @@ def project_channel_groups(
             route of two chains) keeps each family's share aligned, so its sum is too. Layers
             whose width cannot be aligned are not rounded (logged). The global count is then met
             to within one run.
+        blocks: residual blocks that may go whole (depth pruning), as ``(members, score)``:
+            every filter of the block's layers, and its importance in the units the groups are
+            ranked in (after ``normalize``). A block competes with the groups in one ranking;
+            it empties its layers (the one-filter floor does not apply), but only layers whose
+            cap allows removing them whole (a cap below 1 protects a block). Its filters count
+            towards the ratio as far as no group already removed them.
 
     Returns:
         ``name -> bool`` masks shaped like the weights, False on removed filters.
@@ -601,42 +608,54 @@ def project_channel_groups(
     )
     widths = {n: w.shape[0] for n, w in weights.items()}
     units, unit_family = _removal_units(groups, importance, widths, round_to)
+    members: list[list[tuple[str, int]]] = [[m for gi in u for m in groups[gi]] for u in units]
     unit_score = [float(importance[u].mean()) for u in units]
+    whole = [False] * len(units)
+    for block, score in blocks:
+        for name, ch in block:
+            if name not in weights or not 0 <= ch < weights[name].shape[0]:
+                raise PruneError(f"block member {name!r} channel {ch} is not a target filter")
+        members.append(list(block))
+        unit_score.append(float(score))
+        unit_family.append(-len(members))  # a family of its own
+        whole.append(True)
     total = sum(len(g) for g in groups)
     target = round(ratio * total)
-    limit = {n: min(w - 1, math.floor((caps or {}).get(n, 1.0) * w)) for n, w in widths.items()}
+    caps = caps or {}
+    limit = {n: min(w - 1, math.floor(caps.get(n, 1.0) * w)) for n, w in widths.items()}
     removed_per_layer = dict.fromkeys(weights, 0)
     blocked: set[int] = set()  # families whose next run the caps refused: later runs wait on it
-    chosen: list[int] = []
+    gone: set[tuple[str, int]] = set()
     removed = 0
     # Stable sort: equal scores keep the units' order, so a family's runs go in turn.
-    for ui in sorted(range(len(units)), key=lambda i: unit_score[i]):
+    for ui in sorted(range(len(members)), key=lambda i: unit_score[i]):
         if removed >= target:
             break
         if unit_family[ui] in blocked:
             continue
-        per_layer: dict[str, int] = {}
-        for gi in units[ui]:
-            for n, k in _layer_counts(groups[gi]).items():
-                per_layer[n] = per_layer.get(n, 0) + k
-        if any(removed_per_layer[n] + k > limit[n] for n, k in per_layer.items()):
+        new = [m for m in members[ui] if m not in gone]
+        per_layer = _layer_counts(new)
+        if whole[ui]:  # a block empties its layers, where the caps allow it
+            allowed = all(caps.get(n, 1.0) >= 1.0 for n in per_layer)
+        else:
+            allowed = all(removed_per_layer[n] + k <= limit[n] for n, k in per_layer.items())
+        if not allowed:
             blocked.add(unit_family[ui])
             continue
         for n, k in per_layer.items():
             removed_per_layer[n] += k
-        chosen.extend(units[ui])
-        removed += sum(len(groups[gi]) for gi in units[ui])
+        gone.update(new)
+        removed += len(new)
     if removed < target:
         raise PruneError(
             f"ratio {ratio} asks for {target:,} of {total:,} channels, but the per-layer caps "
             f"allow removing only {removed:,}; lower the ratio or relax the policy's caps"
         )
     masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
-    for gi in chosen:
-        for name, ch in groups[gi]:
-            masks[name][ch] = False
-    logger.info("channel groups: removed %d of %d channels in %d groups", removed, total,
-                len(chosen))  # fmt: skip
+    for name, ch in gone:
+        masks[name][ch] = False
+    logger.info("channel groups: removed %d channels (%d counted of %d)", len(gone), removed,
+                total)  # fmt: skip
     return masks
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from yolo_prune.errors import PruneError
-from yolo_prune.prune.importance import ImportanceFn
+from yolo_prune.prune.importance import ImportanceFn, whole_key
 from yolo_prune.prune.projections import (
     NORMS,
     Projection,
@@ -102,6 +102,25 @@ def model_channel_groups(model: nn.Module, names: Sequence[str]) -> list[list[tu
     return [g for g in groups if g and all(name in wanted for name, _ in g)]
 
 
+def model_blocks(
+    model: nn.Module, names: Sequence[str]
+) -> list[tuple[list[tuple[str, int]], str, float]]:
+    """The residual blocks of ``model`` that may go whole, as ``(members, output, gflops)``:
+    every filter of their layers, the weight whose output the branch adds, what they cost.
+    From ``model.residual_blocks()`` (none for a model without it), keeping the blocks whose
+    weights are all targets."""
+    method = getattr(model, "residual_blocks", None)
+    if method is None:
+        return []
+    wanted = set(names)
+    shapes = {n: p.shape[0] for n, p in model.named_parameters() if n in wanted}
+    return [
+        ([(n, c) for n in b["weights"] for c in range(shapes[n])], b["output"], float(b["gflops"]))
+        for b in method()
+        if all(n in wanted for n in b["weights"])
+    ]
+
+
 def group_projection(
     model: nn.Module,
     names: Sequence[str],
@@ -110,12 +129,14 @@ def group_projection(
     round_to: int = 1,
     per_flop: bool = False,
     importance: ImportanceFn | None = None,
+    depth: bool = False,
 ) -> Projection:
     """The ``global-channels`` projection of the methods that remove channel groups
     (``admm-filter``, ``channel``): bound to ``model``'s groups, ranked by ``criterion``, rounded to
-    ``round_to`` (see :func:`build_projection`)."""
+    ``round_to``, with its residual blocks in the ranking if ``depth`` (see
+    :func:`build_projection`)."""
     return build_projection(model, names, "global-channels", criterion=criterion, round_to=round_to,
-                            importance=importance, per_flop=per_flop)  # fmt: skip
+                            importance=importance, per_flop=per_flop, depth=depth)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -150,9 +171,16 @@ class GroupProjection:
     criterion: str = "fisher"  # fisher (loss rise on data) | l1 | l2 (filter norm) | bn (scale)
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
     per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware)
+    depth: bool = False  # residual blocks compete with channels: whole branches may go
 
     def __post_init__(self) -> None:
         check_group_options(criterion=self.criterion, round_to=self.round_to)
+        if self.depth and self.criterion != "fisher":
+            raise PruneError(
+                f"depth: true ranks whole residual blocks against channels by the loss rise "
+                f"each would cause, which only criterion 'fisher' measures (got "
+                f"{self.criterion!r}); set criterion: fisher or depth: false"
+            )
         schedule_checks = getattr(super(), "__post_init__", None)
         if schedule_checks is not None:
             schedule_checks()
@@ -161,7 +189,8 @@ class GroupProjection:
         self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
     ) -> Projection:
         return group_projection(model, names, criterion=self.criterion, round_to=self.round_to,
-                                per_flop=self.per_flop, importance=importance)  # fmt: skip
+                                per_flop=self.per_flop, importance=importance,
+                                depth=self.depth)  # fmt: skip
 
 
 def check_group_options(*, criterion: str, round_to: int) -> None:
@@ -182,6 +211,7 @@ def build_projection(
     round_to: int = 1,
     importance: ImportanceFn | None = None,
     per_flop: bool = False,
+    depth: bool = False,
 ) -> Projection:
     """The projection called ``projection``, made ready for ``model``'s targets ``names``.
 
@@ -194,6 +224,10 @@ def build_projection(
     ``round_to`` apply to ``global-channels`` only. ``per_flop`` ranks channels by importance per
     GFLOP they cost (``model.channel_flops()``; importance alone for a model without it), so a FLOPs
     budget goes where it buys the most importance instead of to the cheapest channels.
+    ``depth`` (Fisher only) puts the model's removable residual blocks
+    (``model.residual_blocks()``, whose weights are all targets) in the same ranking, each
+    scored by the Fisher importance of its branch's whole output (per GFLOP it costs with
+    ``per_flop``): a block that goes has all its filters masked, and the shrunk model loses it.
 
     Weight and BN-scale scores are divided by each layer's
     mean score *at the first call* (the dense model's scale), not at every call: under ADMM the
@@ -204,7 +238,7 @@ def build_projection(
     use it unchanged: the filters of removed groups are all False in the masks.
     """
     if projection != "global-channels":
-        if criterion is not None or round_to != 1:
+        if criterion is not None or round_to != 1 or depth:
             raise PruneError(
                 "criterion and round_to apply to the 'global-channels' projection, not "
                 f"{projection!r}"
@@ -231,6 +265,9 @@ def build_projection(
         costs = {n: c for n, c in flops().items() if n in set(names)}
     elif per_flop:  # a model that cannot say what a channel costs: importance alone
         logger.info("per_flop: the model has no channel_flops(); ranking by importance alone")
+    if depth and criterion != "fisher":
+        raise PruneError("depth ranks residual blocks by Fisher importance; use criterion fisher")
+    blocks = model_blocks(model, names) if depth else []
     measured: dict[str, torch.Tensor] = {}
     scale: dict[str, float] = {}  # each layer's mean score at the first call
 
@@ -265,7 +302,16 @@ def build_projection(
                 else {n: filter_norms(w, norm) for n, w in weights.items()}
             )
             scores = {n: raw[n].detach().abs().float() / costs[n].to(raw[n].device).clamp(min=1e-12)
-                      for n in raw}  # fmt: skip
+                      for n in weights}  # fmt: skip
+        ranked = []
+        for members, output, gflops in blocks:  # criterion fisher: ``measured`` is filled
+            if whole_key(output) not in measured:
+                raise PruneError(
+                    f"depth needs the Fisher importance of whole outputs ({whole_key(output)}), "
+                    "which the importance measure did not return"
+                )
+            score = float(measured[whole_key(output)])
+            ranked.append((members, score / max(gflops, 1e-12) if costs else score))
         return project_channel_groups(
             weights,
             groups,
@@ -275,6 +321,7 @@ def build_projection(
             scores=scores,
             normalize=dict(scale) if scale else False,
             round_to=round_to,
+            blocks=ranked,
         )
 
     return project
