@@ -90,12 +90,13 @@ def bench_recipe(model: str, epochs: int, admm_epochs: int, *, labels: float = 0
     cfg, _, recipe_path = MODELS[model]
     base = read_recipe(ROOT / recipe_path)  # the job's own loader: the same checks, the same
     variants = base["methods"]  # reading of every value (variants keyed by name)
-    # structured ours: the model recipe's own `admm-filter` policy, ranking and refit where it has
-    # them (Yolo-Fastest: importance per FLOP, tuned on a training split), else the method's
-    # conservative defaults
+    # structured ours: the model recipe's own `admm-filter` policy, ranking, refit and depth where
+    # it has them (Yolo-Fastest: importance per FLOP, whole residual blocks in the ranking, tuned
+    # on a training split), else the method's conservative defaults
     own_s = variants.get("admm-filter") or {}
+    own_keys = ("per_flop", "refit", "depth")
     structured = {"policy": own_s.get("policy") or {"first_cap": 0.2, "last_cap": 0.5},
-                  **{k: own_s[k] for k in ("per_flop", "refit") if k in own_s}}  # fmt: skip
+                  **{k: own_s[k] for k in own_keys if k in own_s}}  # fmt: skip
     # unstructured ours: the model recipe's own conservative policy (yolov3-tiny: capped up to
     # the end of its backbone, cfg layer 12); a ramp over every layer cannot reach 0.9
     policy_u = (variants.get("admm") or {}).get("policy") or {"first_cap": 0.3, "last_cap": 1.0}

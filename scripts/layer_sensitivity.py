@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/layer_sensitivity.py --cfg cfg/yolov3-tiny.cfg \\
         --weights ../shared/data/weights/yolov3-tiny.weights --data SPLIT --size 320 \\
-        [--fraction 0.5] [--calib-images 32] [--out sensitivity.json]
+        [--fraction 0.5] [--calib-images 32] [--blocks] [--out sensitivity.json]
 
 For every convolution whose filters can go (not a ``[yolo]`` head's, not tied across a
 shortcut), removes ``--fraction`` of its filters (rounded to a multiple of 8), those whose
@@ -13,6 +13,10 @@ the dense model on those images (``yolo_prune.darknet.reconstruct``, as ``prune`
 one-shot cut) and scores AP50 on the val split of ``--data``. No fine-tuning. Tune on a split of
 the training images, not on the held-out set (``docs/structured_tuning.md``, section 10, makes
 one). Prints one line per layer with the CPU; ``--out`` writes the rows as JSON.
+
+``--blocks`` scores depth instead: each removable residual block
+(:mod:`yolo_prune.darknet.blocks`) left out alone, no refit, no fine-tuning
+(``docs/structured_tuning.md``, section 13).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from yolo_prune.darknet.blocks import drop_blocks, find_residual_blocks
 from yolo_prune.darknet.channels import build_channel_map
 from yolo_prune.darknet.reconstruct import reconstruct_
 from yolo_prune.darknet.surgery import shrink
@@ -57,6 +62,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=None, help="input side (default: the cfg's)")
     p.add_argument("--fraction", type=float, default=0.5, help="share of a layer's filters cut")
     p.add_argument("--calib-images", type=int, default=32)
+    p.add_argument("--blocks", action="store_true", help="leave out each residual block instead")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     if not 0.0 < a.fraction < 1.0:
@@ -79,7 +85,14 @@ def main() -> None:
     print(f"{a.cfg.name}: dense AP50 {100 * base:.2f}, {gflops:.3f} GFLOPs; "
           f"{device_description('cpu')}", flush=True)  # fmt: skip
     rows = []
-    for layer, groups in sorted(by_layer.items()):
+    for block in find_residual_blocks(dense.graph) if a.blocks else ():
+        saved = gflops - size_figures(drop_blocks(dense, [block]))["gflops"]
+        score = ap50(drop_blocks(dense, [block]).eval())
+        rows.append({"block": f"{block.layers[0]}-{block.shortcut}", "gflops_saved": saved,
+                     "AP50": score, "vs_dense": score - base})  # fmt: skip
+        print(f"block {rows[-1]['block']:>7}: saves {100 * saved / gflops:4.1f}% of the FLOPs, "
+              f"AP50 {100 * score:.2f} ({100 * (score - base):+.2f})", flush=True)  # fmt: skip
+    for layer, groups in sorted(by_layer.items()) if not a.blocks else ():
         k = round(len(groups) * a.fraction / 8) * 8
         if k == 0 or k >= len(groups):
             continue
