@@ -4,10 +4,9 @@ A ``[shortcut]`` adds a *branch* (the layers between its ``from`` layer, the *tr
 itself) to the trunk. Where nothing else reads the branch, removing it and the shortcut leaves
 the trunk passing straight on: a shallower network whose later layers read the trunk instead.
 On Yolo-Fastest (18 such blocks: a 1x1 expansion, a 3x3 depthwise conv, a linear 1x1
-projection) one block costs 1.7-6.2% of the multiply-adds, and a block costs far less accuracy
-than the same FLOPs taken out of the channels: measured on a training split, 5 blocks (22% of
-the FLOPs) removed one shot lost 12 points of AP50, where width cuts of that size leave
-Yolo-Fastest near zero (docs/structured_tuning.md, section 13).
+projection) one block costs 1.7-6.2% of the FLOPs, and several cost a point of AP50 or less
+when left out, where halving a yolov3-tiny layer of the same share costs 8-14
+(docs/structured_tuning.md, sections 10 and 13).
 
 In the *masked* network (the same layers, during fine-tuning) a removed branch outputs exactly
 zero: its convolutions' filters are zero (the pruning masks) and :func:`silence_` sets the
