@@ -27,11 +27,14 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from yolo_prune.darknet.graph import NetGraph
 from yolo_prune.darknet.layers import build_activation
-from yolo_prune.darknet.model import Darknet
 from yolo_prune.errors import PruneError
+
+# The functions below take a ``Darknet`` (yolo_prune.darknet.model), typed as ``nn.Module``:
+# the model's own methods call them, so this module does not import it.
 
 BRANCH_KINDS = ("convolutional", "dropout")  # what a removable branch may contain
 
@@ -93,7 +96,7 @@ def find_residual_blocks(graph: NetGraph) -> list[ResidualBlock]:
 
 
 @torch.no_grad()
-def silence_(model: Darknet, blocks: list[ResidualBlock]) -> None:
+def silence_(model: nn.Module, blocks: list[ResidualBlock]) -> None:
     """Make each block's branch output exactly zero for good, in place: its last convolution's
     batch-norm scale and shift (or its bias) zeroed and frozen (its filters are already zero)."""
     for block in blocks:
@@ -109,7 +112,7 @@ def silence_(model: Darknet, blocks: list[ResidualBlock]) -> None:
             p.requires_grad_(False)
 
 
-def drop_blocks(model: Darknet, blocks: list[ResidualBlock]) -> Darknet:
+def drop_blocks(model: nn.Module, blocks: list[ResidualBlock]) -> nn.Module:
     """A new Darknet without the ``blocks`` (weights copied), computing what ``model`` computes
     when their branches output zero.
 
@@ -145,7 +148,7 @@ def drop_blocks(model: Darknet, blocks: list[ResidualBlock]) -> Darknet:
                 refs.append(new - new_index[old] if ref < 0 else new)
             sec.set(key, refs)
         sections.append(sec)
-    small = Darknet(sections, size=model.input_shape[1:])
+    small = type(model)(sections, size=model.input_shape[1:])
     small.header = model.header
     for old in kept:
         small.layers[new_index[old]].load_state_dict(model.layers[old].state_dict())
