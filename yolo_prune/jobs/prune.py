@@ -425,8 +425,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
 def removed_blocks(model: nn.Module) -> list[str] | None:
     """The residual blocks the pruning removed whole, as layer ranges ``"first-shortcut"``
     (None for a model without removable blocks)."""
+    blocks = getattr(model, "residual_blocks", None)
     dropped = getattr(model, "dropped_blocks", None)
-    if dropped is None or not getattr(model, "residual_blocks", list)():
+    if blocks is None or dropped is None or not blocks():
         return None
     return [f"{b.layers[0]}-{b.shortcut}" for b in dropped()]
 
