@@ -207,8 +207,10 @@ def shrink_zeroed(
     *,
     refit_to: Darknet | None = None,
     calibration: torch.Tensor | None = None,
+    inplace: bool = False,
 ) -> Darknet | None:
-    """The physically smaller network of a pruned ``model`` (left unchanged): its all-zero
+    """The physically smaller network of a pruned ``model`` (left unchanged unless ``inplace``,
+    for a caller's own throw-away copy: it is folded then): its all-zero
     channel groups folded and sliced away (:func:`fold_pruned_`, :func:`shrink`), refitted to
     ``refit_to`` on ``calibration`` images if given
     (:func:`~yolo_prune.darknet.reconstruct.reconstruct_`), then its residual blocks whose
@@ -217,7 +219,7 @@ def shrink_zeroed(
     from yolo_prune.darknet.blocks import drop_blocks
     from yolo_prune.darknet.reconstruct import reconstruct_
 
-    probe = copy.deepcopy(model)
+    probe = model if inplace else copy.deepcopy(model)
     groups = probe.fold_zero_channels_()  # also silences the dropped blocks' branches
     dropped = probe.dropped_blocks()
     if not groups and not dropped:

@@ -439,7 +439,7 @@ def shrunk_gflops(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> float:
 
     probe = copy.deepcopy(model)
     apply_masks_(probe, masks)
-    small = shrink_zeroed(probe) or probe
+    small = shrink_zeroed(probe, inplace=True) or probe
     return float(sum(spec.bflops for spec in small.graph.layers))
 
 
