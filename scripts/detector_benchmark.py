@@ -94,7 +94,7 @@ def bench_recipe(model: str, epochs: int, admm_epochs: int, *, labels: float = 0
     # it has them (Yolo-Fastest: importance per FLOP, whole residual blocks in the ranking, tuned
     # on a training split), else the method's conservative defaults
     own_s = variants.get("admm-filter") or {}
-    own_keys = ("per_flop", "refit", "depth")
+    own_keys = ("cost", "refit", "depth")
     structured = {"policy": own_s.get("policy") or {"first_cap": 0.2, "last_cap": 0.5},
                   **{k: own_s[k] for k in own_keys if k in own_s}}  # fmt: skip
     # unstructured ours: the model recipe's own conservative policy (yolov3-tiny: capped up to

@@ -103,9 +103,9 @@ def test_depth_puts_the_blocks_of_a_darknet_model_in_the_ranking(repo_cfg):
         return out
 
     project = build_projection(model, names, "global-channels", criterion="fisher",
-                               importance=importance, per_flop=True, depth=True)  # fmt: skip
+                               importance=importance, cost="flops", depth=True)  # fmt: skip
     weights = {n: model.get_parameter(n) for n in names}
-    masks = project(weights, 0.003)  # 37 of 12,400 channels: block 8 (40 filters) alone
+    masks = project(weights, 0.003)  # 0.3% of the FLOPs: block 8 (2.9% of them) alone
     assert not any(masks[f"layers.{i}.conv.weight"].any() for i in (4, 5, 6))
     with torch.no_grad():
         for n, m in masks.items():
@@ -117,3 +117,29 @@ def test_depth_needs_the_fisher_criterion():
     with pytest.raises(PruneError, match="criterion 'fisher'"):
         build_pruner("admm-filter", {"ratio": 0.3, "criterion": "l1", "depth": True})
     build_pruner("channel", {"ratio": 0.3, "depth": True})  # fisher is the default
+
+
+def test_with_sizes_the_ratio_counts_shares_of_the_model():
+    """``sizes``: the ratio is a share of the model's cost; a block counts its own share."""
+    weights = _weights()
+    scores = {"a": torch.full((4,), 1.0), "b": torch.full((4,), 3.0), "c": torch.full((4,), 4.0)}
+    sizes = {"a": torch.full((4,), 0.05), "b": torch.full((4,), 0.05), "c": torch.full((4,), 0.05)}
+    block = ([("b", c) for c in range(4)] + [("c", c) for c in range(4)], 2.0)
+    # 0.1 of the cost: two filters of a (0.05 each); the block's score 2 ranks after them
+    masks = project_channel_groups(weights, _groups(), 0.1, scores=scores, normalize=False,
+                                   sizes=sizes, blocks=[block], block_sizes=[0.6])  # fmt: skip
+    assert int((~masks["a"].reshape(4, -1).all(1)).sum()) == 2
+    assert masks["b"].all() and masks["c"].all()
+    # 0.5: all of a (3 filters, the one-filter floor keeps the last: 0.15), then the block,
+    # which counts 0.6 though its filters would sum to 0.4
+    masks = project_channel_groups(weights, _groups(), 0.5, scores=scores, normalize=False,
+                                   sizes=sizes, blocks=[block], block_sizes=[0.6])  # fmt: skip
+    assert not masks["b"].any() and not masks["c"].any()
+    with pytest.raises(PruneError, match="1 blocks but 0 block sizes"):
+        project_channel_groups(weights, _groups(), 0.5, scores=scores, normalize=False,
+                               sizes=sizes, blocks=[block])  # fmt: skip
+
+
+def test_an_unknown_cost_is_refused():
+    with pytest.raises(PruneError, match="unknown cost 'time'"):
+        build_pruner("channel", {"ratio": 0.3, "cost": "time"})

@@ -282,7 +282,7 @@ def test_admm_filter_drives_the_batch_norm_scales_of_the_cut_channels_to_zero(re
 
     pruner = build_pruner("admm-filter", {"ratio": 0.4, "epochs": 12, "stages": 1,
                                           "retrain_epochs": 0, "criterion": "l1",
-                                          "policy": None, "per_flop": False,
+                                          "policy": None, "cost": "channels",
                                           "update_every": 10})  # fmt: skip
     result = pruner.run(model, fit=fit)
     assert seen["names"] and all(n.endswith(".bn.weight") for n in seen["names"])

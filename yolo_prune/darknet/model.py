@@ -267,6 +267,10 @@ class Darknet(nn.Module):
             for b in find_residual_blocks(self.graph)
         ]
 
+    def gflops(self) -> float:
+        """Billions of operations per image at the default input size (:attr:`input_shape`)."""
+        return float(sum(spec.bflops for spec in self.graph.layers))
+
     def dropped_blocks(self) -> list:
         """The removable residual blocks whose convolutions' filters are all exactly zero."""
         from yolo_prune.darknet.blocks import find_residual_blocks

@@ -542,6 +542,8 @@ def project_channel_groups(
     normalize: bool | Mapping[str, float] = True,
     round_to: int = 1,
     blocks: Sequence[tuple[Group, float]] = (),
+    sizes: Mapping[str, torch.Tensor] | None = None,
+    block_sizes: Sequence[float] = (),
 ) -> dict[str, torch.Tensor]:
     """Keep-masks that remove the least important channel groups (and residual blocks).
 
@@ -574,6 +576,15 @@ def project_channel_groups(
             it empties its layers (the one-filter floor does not apply), but only layers whose
             cap allows removing them whole (a cap below 1 protects a block). Its filters count
             towards the ratio as far as no group already removed them.
+        sizes: optional ``name -> [out]``: what removing each filter alone saves, as a share
+            of the whole model (e.g. its share of the FLOPs); the ratio is then the sum of those
+            shares to remove (``0.3``: 30% of the model's cost) instead of a count of channels.
+            A removed group counts the sizes of its filters, a block its entry of
+            ``block_sizes`` (what leaving it out saves) less the sizes of its filters that
+            groups already removed. Each counts as if it went alone: where the filters at both
+            ends of a weight go, its FLOPs count twice, so a deep cut of channels saves less than
+            the ratio says (the report gives the FLOPs kept).
+        block_sizes: with ``sizes``, one share per entry of ``blocks``.
 
     Returns:
         ``name -> bool`` masks shaped like the weights, False on removed filters.
@@ -608,19 +619,30 @@ def project_channel_groups(
     )
     widths = {n: w.shape[0] for n, w in weights.items()}
     units, unit_family = _removal_units(groups, importance, widths, round_to)
+    if sizes is not None and len(block_sizes) != len(blocks):
+        raise PruneError(f"{len(blocks)} blocks but {len(block_sizes)} block sizes")
+
+    def size(member: tuple[str, int]) -> float:
+        return 1.0 if sizes is None else float(sizes[member[0]][member[1]])
+
     members: list[list[tuple[str, int]]] = [[m for gi in u for m in groups[gi]] for u in units]
     unit_score = [float(importance[u].mean()) for u in units]
+    unit_size = [sum(size(m) for m in mem) for mem in members]
     whole = [False] * len(units)
-    for block, score in blocks:
+    for k, (block, score) in enumerate(blocks):
         for name, ch in block:
             if name not in weights or not 0 <= ch < weights[name].shape[0]:
                 raise PruneError(f"block member {name!r} channel {ch} is not a target filter")
         members.append(list(block))
         unit_score.append(float(score))
+        unit_size.append(float(block_sizes[k]) if sizes is not None else float(len(block)))
         unit_family.append(-len(members))  # a family of its own
         whole.append(True)
-    total = sum(len(g) for g in groups)
-    target = round(ratio * total)
+    if sizes is None:
+        total = sum(len(g) for g in groups)
+        target: float = round(ratio * total)
+    else:  # shares of the whole model
+        total, target = 1.0, ratio - 1e-9
     caps = caps or {}
     limit = {n: min(w - 1, math.floor(caps.get(n, 1.0) * w)) for n, w in widths.items()}
     removed_per_layer = dict.fromkeys(weights, 0)
@@ -644,17 +666,26 @@ def project_channel_groups(
             continue
         for n, k in per_layer.items():
             removed_per_layer[n] += k
+        if whole[ui]:  # what the block saves beyond the filters groups already removed
+            already = sum(size(m) for m in members[ui] if m in gone)
+            removed += max(unit_size[ui] - already, 0.0)
+        else:
+            removed += sum(size(m) for m in new)
         gone.update(new)
-        removed += len(new)
     if removed < target:
+        asked, allowed = (
+            (f"{target:,.0f} of {total:,} channels", f"{removed:,.0f}")
+            if sizes is None
+            else (f"{ratio:.1%} of the model's cost", f"{removed:.1%}")
+        )
         raise PruneError(
-            f"ratio {ratio} asks for {target:,} of {total:,} channels, but the per-layer caps "
-            f"allow removing only {removed:,}; lower the ratio or relax the policy's caps"
+            f"ratio {ratio} asks for {asked}, but the per-layer caps allow removing only "
+            f"{allowed}; lower the ratio or relax the policy's caps"
         )
     masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
     for name, ch in gone:
         masks[name][ch] = False
-    logger.info("channel groups: removed %d channels (%d counted of %d)", len(gone), removed,
+    logger.info("channel groups: removed %d channels (%.3g counted of %.3g)", len(gone), removed,
                 total)  # fmt: skip
     return masks
 

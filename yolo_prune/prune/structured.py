@@ -39,6 +39,10 @@ from yolo_prune.prune.projections import (
 logger = logging.getLogger(__name__)
 
 CRITERIA = ("l1", "l2", "bn", "fisher")  # "fisher" is measured on data, not read from weights
+# What removing a channel group or block costs, which the ranking divides by and the ratio
+# counts: channels (importance alone; the ratio a share of the channels) or flops (importance
+# per FLOP; the ratio a share of the model's FLOPs).
+COSTS = ("channels", "flops")
 
 
 def filter_scores(
@@ -127,7 +131,7 @@ def group_projection(
     *,
     criterion: str,
     round_to: int = 1,
-    per_flop: bool = False,
+    cost: str = "channels",
     importance: ImportanceFn | None = None,
     depth: bool = False,
 ) -> Projection:
@@ -136,7 +140,7 @@ def group_projection(
     ``round_to``, with its residual blocks in the ranking if ``depth`` (see
     :func:`build_projection`)."""
     return build_projection(model, names, "global-channels", criterion=criterion, round_to=round_to,
-                            importance=importance, per_flop=per_flop, depth=depth)  # fmt: skip
+                            importance=importance, cost=cost, depth=depth)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -170,11 +174,11 @@ class GroupProjection:
 
     criterion: str = "fisher"  # fisher (loss rise on data) | l1 | l2 (filter norm) | bn (scale)
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
-    per_flop: bool = False  # rank channels by importance per GFLOP they cost (speed-aware)
+    cost: str = "channels"  # channels | flops: what the ranking divides by and the ratio counts
     depth: bool = False  # residual blocks compete with channels: whole branches may go
 
     def __post_init__(self) -> None:
-        check_group_options(criterion=self.criterion, round_to=self.round_to)
+        check_group_options(criterion=self.criterion, round_to=self.round_to, cost=self.cost)
         if self.depth and self.criterion != "fisher":
             raise PruneError(
                 f"depth: true ranks whole residual blocks against channels by the loss rise "
@@ -189,15 +193,17 @@ class GroupProjection:
         self, model: nn.Module, names: Sequence[str], importance: ImportanceFn | None = None
     ) -> Projection:
         return group_projection(model, names, criterion=self.criterion, round_to=self.round_to,
-                                per_flop=self.per_flop, importance=importance,
+                                cost=self.cost, importance=importance,
                                 depth=self.depth)  # fmt: skip
 
 
-def check_group_options(*, criterion: str, round_to: int) -> None:
-    """The options of a method that removes channel groups: a known ``criterion`` and a
-    positive int ``round_to``."""
+def check_group_options(*, criterion: str, round_to: int, cost: str = "channels") -> None:
+    """The options of a method that removes channel groups: a known ``criterion`` and
+    ``cost``, and a positive int ``round_to``."""
     if criterion not in CRITERIA:
         raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
+    if cost not in COSTS:
+        raise PruneError(f"unknown cost {cost!r}; choose one of: {', '.join(COSTS)}")
     check_round_to(round_to)
 
 
@@ -210,7 +216,7 @@ def build_projection(
     criterion: str | None = None,
     round_to: int = 1,
     importance: ImportanceFn | None = None,
-    per_flop: bool = False,
+    cost: str = "channels",
     depth: bool = False,
 ) -> Projection:
     """The projection called ``projection``, made ready for ``model``'s targets ``names``.
@@ -221,13 +227,17 @@ def build_projection(
     ``importance(model, names)`` (e.g. :func:`~yolo_prune.prune.importance.fisher_channel_scores` on
     training batches, which the caller binds), measured once, at the first call, on the model as it
     is then. ``criterion`` ("l1", "l2", "bn", "fisher"; default ``norm``, else "l2") and
-    ``round_to`` apply to ``global-channels`` only. ``per_flop`` ranks channels by importance per
-    GFLOP they cost (``model.channel_flops()``; importance alone for a model without it), so a FLOPs
-    budget goes where it buys the most importance instead of to the cheapest channels.
+    ``round_to`` apply to ``global-channels`` only. ``cost`` (:data:`COSTS`) says what a unit
+    removed costs: ``channels`` ranks by importance alone and the ratio is a share of the
+    channels; ``flops`` ranks by importance per FLOP (``model.channel_flops()`` over
+    ``model.gflops()``), so a budget goes where it buys the most importance instead of to the
+    cheapest channels, and the ratio is a share of the model's FLOPs (each unit's as if it went
+    alone: see ``sizes`` in :func:`~yolo_prune.prune.projections.project_channel_groups`).
     ``depth`` (Fisher only) puts the model's removable residual blocks
     (``model.residual_blocks()``, whose weights are all targets) in the same ranking, each
-    scored by the Fisher importance of its branch's whole output (per GFLOP it costs with
-    ``per_flop``): a block that goes has all its filters masked, and the shrunk model loses it.
+    scored by the Fisher importance of its branch's whole output (per share of the FLOPs under
+    ``cost: flops``): a block that goes has all its filters masked, and the shrunk model loses
+    it.
 
     Weight and BN-scale scores are divided by each layer's
     mean score *at the first call* (the dense model's scale), not at every call: under ADMM the
@@ -259,15 +269,24 @@ def build_projection(
         )
     if criterion == "bn":
         filter_scores(model, names, "bn")  # refuse a model without batch-norm scales now
-    costs: dict[str, torch.Tensor] = {}
-    flops = getattr(model, "channel_flops", None) if per_flop else None
-    if flops is not None:
-        costs = {n: c for n, c in flops().items() if n in set(names)}
-    elif per_flop:  # a model that cannot say what a channel costs: importance alone
-        logger.info("per_flop: the model has no channel_flops(); ranking by importance alone")
+    if cost not in COSTS:
+        raise PruneError(f"unknown cost {cost!r}; choose one of: {', '.join(COSTS)}")
     if depth and criterion != "fisher":
         raise PruneError("depth ranks residual blocks by Fisher importance; use criterion fisher")
     blocks = model_blocks(model, names) if depth else []
+    costs: dict[str, torch.Tensor] = {}  # cost flops: each filter's share of the model's FLOPs
+    block_shares: list[float] = []  # and each block's
+    if cost == "flops":
+        total = getattr(model, "gflops", None)
+        flops = getattr(model, "channel_flops", None)
+        if flops is None or total is None:
+            raise PruneError(
+                f"cost: flops needs what each channel costs, and {type(model).__name__} has no "
+                "channel_flops() and gflops(); use cost: channels"
+            )
+        whole = max(float(total()), 1e-12)
+        costs = {n: c / whole for n, c in flops().items() if n in set(names)}
+        block_shares = [g / whole for _, _, g in blocks]
     measured: dict[str, torch.Tensor] = {}
     scale: dict[str, float] = {}  # each layer's mean score at the first call
 
@@ -295,7 +314,7 @@ def build_projection(
                 else {n: filter_norms(w, norm) for n, w in weights.items()}
             )
             scale.update({n: float(v.detach().abs().float().mean()) for n, v in raw.items()})
-        if costs:  # importance per GFLOP (free channels, cost 0, rank last to go)
+        if costs:  # importance per share of the cost (free channels, cost 0, rank last to go)
             raw = (
                 scores
                 if scores is not None
@@ -304,14 +323,14 @@ def build_projection(
             scores = {n: raw[n].detach().abs().float() / costs[n].to(raw[n].device).clamp(min=1e-12)
                       for n in weights}  # fmt: skip
         ranked = []
-        for members, output, gflops in blocks:  # criterion fisher: ``measured`` is filled
+        for i, (members, output, _) in enumerate(blocks):  # fisher: ``measured`` is filled
             if whole_key(output) not in measured:
                 raise PruneError(
                     f"depth needs the Fisher importance of whole outputs ({whole_key(output)}), "
                     "which the importance measure did not return"
                 )
             score = float(measured[whole_key(output)])
-            ranked.append((members, score / max(gflops, 1e-12) if costs else score))
+            ranked.append((members, score / max(block_shares[i], 1e-12) if costs else score))
         return project_channel_groups(
             weights,
             groups,
@@ -322,6 +341,8 @@ def build_projection(
             normalize=dict(scale) if scale else False,
             round_to=round_to,
             blocks=ranked,
+            sizes=costs or None,
+            block_sizes=block_shares,
         )
 
     return project
