@@ -143,3 +143,10 @@ def test_with_sizes_the_ratio_counts_shares_of_the_model():
 def test_an_unknown_cost_is_refused():
     with pytest.raises(PruneError, match="unknown cost 'time'"):
         build_pruner("channel", {"ratio": 0.3, "cost": "time"})
+
+
+def test_cost_applies_to_channel_groups_only(repo_cfg):
+    model = Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=64)
+    names = select_targets(model, TargetConfig())
+    with pytest.raises(PruneError, match="cost and depth apply to the 'global-channels'"):
+        build_projection(model, names, "global", cost="flops")

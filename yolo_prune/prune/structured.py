@@ -248,17 +248,15 @@ def build_projection(
     use it unchanged: the filters of removed groups are all False in the masks.
     """
     if projection != "global-channels":
-        if criterion is not None or round_to != 1 or depth:
+        if criterion is not None or round_to != 1 or depth or cost != "channels":
             raise PruneError(
-                "criterion and round_to apply to the 'global-channels' projection, not "
-                f"{projection!r}"
+                "criterion, round_to, cost and depth apply to the 'global-channels' projection, "
+                f"not {projection!r}"
             )
         return get_projection(projection, norm=norm)
     get_projection(projection, norm=norm)  # validates the norm
     criterion = criterion or norm or "l2"
-    if criterion not in CRITERIA:
-        raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    check_round_to(round_to)
+    check_group_options(criterion=criterion, round_to=round_to, cost=cost)
     names = list(names)
     groups = model_channel_groups(model, names)  # a protected target is refused first
     if criterion == "fisher" and importance is None:
@@ -269,8 +267,6 @@ def build_projection(
         )
     if criterion == "bn":
         filter_scores(model, names, "bn")  # refuse a model without batch-norm scales now
-    if cost not in COSTS:
-        raise PruneError(f"unknown cost {cost!r}; choose one of: {', '.join(COSTS)}")
     if depth and criterion != "fisher":
         raise PruneError("depth ranks residual blocks by Fisher importance; use criterion fisher")
     blocks = model_blocks(model, names) if depth else []
