@@ -86,8 +86,9 @@ def main() -> None:
           f"{device_description('cpu')}", flush=True)  # fmt: skip
     rows = []
     for block in find_residual_blocks(dense.graph) if a.blocks else ():
-        saved = gflops - size_figures(drop_blocks(dense, [block]))["gflops"]
-        score = ap50(drop_blocks(dense, [block]).eval())
+        shallower = drop_blocks(dense, [block])
+        saved = gflops - size_figures(shallower)["gflops"]
+        score = ap50(shallower.eval())
         rows.append({"block": f"{block.layers[0]}-{block.shortcut}", "gflops_saved": saved,
                      "AP50": score, "vs_dense": score - base})  # fmt: skip
         print(f"block {rows[-1]['block']:>7}: saves {100 * saved / gflops:4.1f}% of the FLOPs, "

@@ -440,7 +440,7 @@ def shrunk_gflops(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> float:
     probe = copy.deepcopy(model)
     apply_masks_(probe, masks)
     small = shrink_zeroed(probe, inplace=True) or probe
-    return float(sum(spec.bflops for spec in small.graph.layers))
+    return small.gflops()
 
 
 def ratio_for_flops(

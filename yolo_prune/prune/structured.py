@@ -281,7 +281,8 @@ def build_projection(
                 "channel_flops() and gflops(); use cost: channels"
             )
         whole = max(float(total()), 1e-12)
-        costs = {n: c / whole for n, c in flops().items() if n in set(names)}
+        wanted = set(names)
+        costs = {n: c / whole for n, c in flops().items() if n in wanted}
         block_shares = [g / whole for _, _, g in blocks]
     measured: dict[str, torch.Tensor] = {}
     scale: dict[str, float] = {}  # each layer's mean score at the first call
