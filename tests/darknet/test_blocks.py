@@ -183,3 +183,26 @@ def test_an_unknown_block_is_refused(randomize):
     fake = ResidualBlock(trunk=1, shortcut=3, convs=(2,), output=2, bflops=0.0)
     with pytest.raises(PruneError, match="not a removable residual block"):
         drop_blocks(model, [fake])
+
+
+def test_a_cut_of_whole_blocks_alone_is_refitted_at_the_cut(randomize):
+    """refit_pruned_ with no channel group cut but a block dropped (depth: only) refits the
+    rest of the network there and then, rather than doing nothing (the job would then refit at
+    the end, after the fine-tuning, and undo it); the dropped branch stays silent and the model
+    computes what its shrunk form computes."""
+    dense = _model(randomize)
+    model = _model(randomize)
+    model.load_state_dict(dense.state_dict())
+    block = find_residual_blocks(model.graph)[1]  # block C
+    _remove_(model, [block])
+    assert model.zero_channel_groups() == set()
+    before = [p.detach().clone() for p in model.parameters()]
+    calib = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert model.refit_pruned_(dense, calib) is True
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
+    assert any(changed)
+    assert not model.layers[block.output].conv.weight.any()
+    assert not model.layers[block.output].bn.weight.any()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(shrink_zeroed(model)(x), model.eval()(x), rtol=1e-5, atol=1e-5)

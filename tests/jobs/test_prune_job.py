@@ -179,6 +179,32 @@ def test_one_shot_channel_pruning_ranks_on_data_and_refits_the_shrunk_model(
         assert not torch.allclose(small.eval()(x), plain(x), rtol=1e-3, atol=1e-3)
 
 
+def test_a_one_shot_depth_cut_is_saved_as_the_network_without_its_blocks(
+    tiny_dataset, tiny_weights, tiny_recipe_text, tmp_path
+):
+    """No fine-tuning phase folds a one-shot cut, so the job does: pruned.weights (and the
+    report's pruned column) compute what the shrunk, shallower model computes, the dropped
+    branch silent rather than adding its batch-norm shift to the trunk."""
+    recipe = tmp_path / "tiny.yaml"
+    text = tiny_recipe_text.replace("ratio: 0.5", "ratio: 0.2")  # the one block: 35% of FLOPs
+    recipe.write_text(text + "  - {name: channel, method: channel, depth: only, cost: flops, "
+                      "refit: 0}\n")  # fmt: skip
+    out = tmp_path / "out"
+    report = run_prune(_job(tiny_dataset, tiny_weights, recipe, out, method="channel",
+                            latency=False))  # fmt: skip
+    assert report["blocks_removed"] == ["3-5"]
+    masked = Darknet.from_cfg(TINY_CFG, size=64)
+    masked.load_weights(out / "pruned.weights")
+    assert not masked.layers[4].bn.weight.any() and not masked.layers[4].bn.bias.any()
+    small = Darknet.from_cfg(out / "pruned-shrunk.cfg")
+    small.load_weights(out / "pruned-shrunk.weights")
+    assert len(small.layers) == len(masked.layers) - 3
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(small.eval()(x), masked.eval()(x), rtol=1e-5, atol=1e-5)
+    assert report["pruned"]["AP50"] == report["shrunk"]["AP50"]
+
+
 def _cli(args, capsys):
     code = main(args)
     return code, capsys.readouterr()

@@ -312,11 +312,12 @@ class Darknet(nn.Module):
         silence_(self, self.dropped_blocks())
         return groups
 
-    def refit_pruned_(self, dense: Darknet, images: torch.Tensor) -> set[int]:
+    def refit_pruned_(self, dense: Darknet, images: torch.Tensor) -> bool:
         """Refit this model's kept weights to ``dense`` (the model before pruning) by least
-        squares on calibration ``images``, in place; returns the pruned group ids (none: no-op).
+        squares on calibration ``images``, in place; False (a no-op) where nothing was cut whole.
 
-        For a model whose pruned channel groups are zero (after a hard structured cut): fold
+        For a model whose pruned channel groups or residual blocks are zero (after a hard
+        structured cut; the layers of a dropped block stay zero): fold
         them (:meth:`fold_zero_channels_`), shrink, refit layer by layer
         (:func:`~yolo_prune.darknet.reconstruct.reconstruct_`), and copy the refitted weights
         back (:func:`~yolo_prune.darknet.surgery.expand_into_`), so that masked fine-tuning
@@ -326,8 +327,8 @@ class Darknet(nn.Module):
         from yolo_prune.darknet.surgery import expand_into_, shrink
 
         groups = self.fold_zero_channels_()
-        if not groups:
-            return groups
+        if not groups and not self.dropped_blocks():
+            return False
         was_training = self.training
         small = shrink(self, groups).eval()
         device = next(self.parameters()).device
@@ -335,7 +336,7 @@ class Darknet(nn.Module):
         reconstruct_(small, dense.to(device).eval(), images.to(device), groups, skip=dead)
         expand_into_(self, small, groups)
         self.train(was_training)
-        return groups
+        return True
 
     def _weight_name(self, layer: int) -> str:
         return f"layers.{layer}.{'conv' if hasattr(self.layers[layer], 'conv') else 'fc'}.weight"

@@ -230,11 +230,9 @@ def make_fit(
             refit_now = getattr(model, "refit_pruned_", None)
             if refit and not cut.refitted and refit_now is not None:
                 images = task.calibration(model, refit)
-                folded = refit_now(dense, images)
-                cut.refitted = bool(folded)
-                if folded:
-                    logger.info("%d pruned channel groups refitted on %d images before %s",
-                                len(folded), images.shape[0], phase)  # fmt: skip
+                cut.refitted = refit_now(dense, images)
+                if cut.refitted:
+                    logger.info("the cut refitted on %d images before %s", images.shape[0], phase)
             else:
                 fold = getattr(model, "fold_zero_channels_", None)
                 folded = fold() if fold is not None else set()
@@ -327,6 +325,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     result = pruner.run(model, fit=fit, evaluate=score, importance=importance)
     if not main:  # the rest only reports: evaluations, files, timing
         return {}
+    fold = getattr(model, "fold_zero_channels_", None)
+    if fold is not None:  # a one-shot cut never reached a masked phase's fold (make_fit): the
+        fold()  # pruned model, as evaluated and saved, computes what its shrunk form computes
     model.eval()
     pruned = task.evaluate(model)
 
