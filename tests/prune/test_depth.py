@@ -150,3 +150,46 @@ def test_cost_applies_to_channel_groups_only(repo_cfg):
     names = select_targets(model, TargetConfig())
     with pytest.raises(PruneError, match="cost and depth apply to the 'global-channels'"):
         build_projection(model, names, "global", cost="flops")
+
+
+def _block_importance(net, wanted):  # every block's loss rise equal: per FLOP, the big go first
+    out = {n: torch.full((net.get_parameter(n).shape[0],), 1e-6) for n in wanted}
+    out.update({whole_key(n): torch.tensor([1.0]) for n in wanted})
+    return out
+
+
+def test_depth_only_cuts_whole_blocks_and_no_channel(repo_cfg):
+    """``depth: only``: however cheap the channels look, only whole residual blocks go, until
+    their FLOPs meet the ratio (to within one block)."""
+    model = Darknet.from_cfg(repo_cfg / "yolo-fastest-1.1-xl.cfg", size=96)
+    names = select_targets(model, TargetConfig())
+    blocks = model_blocks(model, names)
+    in_blocks = {n for members, _, _ in blocks for n, _ in members}
+    project = build_projection(model, names, "global-channels", criterion="fisher",
+                               importance=_block_importance, cost="flops",
+                               depth="only")  # fmt: skip
+    weights = {n: model.get_parameter(n) for n in names}
+    masks = project(weights, 0.2)
+    assert all(masks[n].all() for n in names if n not in in_blocks)  # no channel cut outside
+    gone = [(members, g) for members, _, g in blocks if not masks[members[0][0]].any()]
+    for members, _ in gone:  # a block goes whole or not at all
+        assert not any(masks[n].any() for n, _ in members)
+    kept = [members for members, _, _ in blocks if masks[members[0][0]].all()]
+    assert len(gone) + len(kept) == len(blocks)
+    share = sum(g for _, g in gone) / model.gflops()
+    biggest = max(g for _, _, g in blocks) / model.gflops()
+    assert 0.2 <= share < 0.2 + biggest
+
+
+def test_depth_only_options_are_checked(repo_cfg):
+    with pytest.raises(PruneError, match="depth: only .* set cost: flops"):
+        build_pruner("admm-filter", {"ratio": 0.3, "depth": "only"})
+    with pytest.raises(PruneError, match="depth='deep'; expected true, false or only"):
+        build_pruner("channel", {"ratio": 0.3, "depth": "deep", "cost": "flops"})
+    with pytest.raises(PruneError, match="criterion 'fisher'"):
+        build_pruner("channel", {"ratio": 0.3, "depth": "only", "cost": "flops", "criterion": "l1"})
+    tiny = Darknet.from_cfg(repo_cfg / "yolov3-tiny.cfg", size=64)  # no residual block
+    names = select_targets(tiny, TargetConfig())
+    with pytest.raises(PruneError, match="no residual block that may go whole"):
+        build_projection(tiny, names, "global-channels", criterion="fisher",
+                         importance=_block_importance, cost="flops", depth="only")  # fmt: skip

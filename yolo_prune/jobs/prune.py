@@ -488,7 +488,8 @@ def ratio_for_flops(
     if best is None or abs(best[1] - target) > 0.02:
         got = f"closest {best[1]:.3f} at ratio {best[0]:.3f}" if best else "no ratio is allowed"
         raise ConfigError(f"--flops {target}: no ratio of this method reaches it within 2% "
-                          f"({got}); relax the policy's caps or aim higher")  # fmt: skip
+                          f"({got}); relax the policy's caps, let channels fill in between whole "
+                          "blocks (depth: true, not only), or aim elsewhere")  # fmt: skip
     return round(best[0], 4), best[1]
 
 

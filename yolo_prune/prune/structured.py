@@ -43,6 +43,10 @@ CRITERIA = ("l1", "l2", "bn", "fisher")  # "fisher" is measured on data, not rea
 # counts: channels (importance alone; the ratio a share of the channels) or flops (importance
 # per FLOP; the ratio a share of the model's FLOPs).
 COSTS = ("channels", "flops")
+# Whether whole residual blocks are ranked: not at all, against the channels, or alone (no
+# channel is cut: on Yolo-Fastest a block costs far less accuracy than the same FLOPs of thin
+# channels, docs/structured_tuning.md section 15).
+DEPTHS = (False, True, "only")
 
 
 def filter_scores(
@@ -133,7 +137,7 @@ def group_projection(
     round_to: int = 1,
     cost: str = "channels",
     importance: ImportanceFn | None = None,
-    depth: bool = False,
+    depth: bool | str = False,
 ) -> Projection:
     """The ``global-channels`` projection of the methods that remove channel groups
     (``admm-filter``, ``channel``): bound to ``model``'s groups, ranked by ``criterion``, rounded to
@@ -175,16 +179,12 @@ class GroupProjection:
     criterion: str = "fisher"  # fisher (loss rise on data) | l1 | l2 (filter norm) | bn (scale)
     round_to: int = 1  # layers that lose filters keep a multiple of this many (8 for CPU SIMD)
     cost: str = "channels"  # channels | flops: what the ranking divides by and the ratio counts
-    depth: bool = False  # residual blocks compete with channels: whole branches may go
+    depth: bool | str = False  # true: residual blocks compete with channels (whole branches
+    # may go); only: blocks alone, no channel is cut (the ratio then counts FLOPs)
 
     def __post_init__(self) -> None:
-        check_group_options(criterion=self.criterion, round_to=self.round_to, cost=self.cost)
-        if self.depth and self.criterion != "fisher":
-            raise PruneError(
-                f"depth: true ranks whole residual blocks against channels by the loss rise "
-                f"each would cause, which only criterion 'fisher' measures (got "
-                f"{self.criterion!r}); set criterion: fisher or depth: false"
-            )
+        check_group_options(criterion=self.criterion, round_to=self.round_to, cost=self.cost,
+                            depth=self.depth)  # fmt: skip
         schedule_checks = getattr(super(), "__post_init__", None)
         if schedule_checks is not None:
             schedule_checks()
@@ -197,13 +197,28 @@ class GroupProjection:
                                 depth=self.depth)  # fmt: skip
 
 
-def check_group_options(*, criterion: str, round_to: int, cost: str = "channels") -> None:
-    """The options of a method that removes channel groups: a known ``criterion`` and
-    ``cost``, and a positive int ``round_to``."""
+def check_group_options(
+    *, criterion: str, round_to: int, cost: str = "channels", depth: bool | str = False
+) -> None:
+    """The options of a method that removes channel groups: a known ``criterion``, ``cost``
+    and ``depth`` that go together, and a positive int ``round_to``."""
     if criterion not in CRITERIA:
         raise PruneError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     if cost not in COSTS:
         raise PruneError(f"unknown cost {cost!r}; choose one of: {', '.join(COSTS)}")
+    if depth not in DEPTHS:
+        raise PruneError(f"depth={depth!r}; expected true, false or only")
+    if depth and criterion != "fisher":
+        raise PruneError(
+            f"depth: {str(depth).lower()} ranks whole residual blocks by the loss rise each "
+            f"would cause, which only criterion 'fisher' measures (got {criterion!r}); set "
+            "criterion: fisher or depth: false"
+        )
+    if depth == "only" and cost != "flops":
+        raise PruneError(
+            "depth: only cuts whole residual blocks and no channels, so its ratio is a share of "
+            "the model's FLOPs; set cost: flops"
+        )
     check_round_to(round_to)
 
 
@@ -217,7 +232,7 @@ def build_projection(
     round_to: int = 1,
     importance: ImportanceFn | None = None,
     cost: str = "channels",
-    depth: bool = False,
+    depth: bool | str = False,
 ) -> Projection:
     """The projection called ``projection``, made ready for ``model``'s targets ``names``.
 
@@ -237,7 +252,8 @@ def build_projection(
     (``model.residual_blocks()``, whose weights are all targets) in the same ranking, each
     scored by the Fisher importance of its branch's whole output (per share of the FLOPs under
     ``cost: flops``): a block that goes has all its filters masked, and the shrunk model loses
-    it.
+    it. ``depth="only"`` ranks the blocks alone (no channel group is cut; ``cost: flops`` only,
+    the ratio met to within one block).
 
     Weight and BN-scale scores are divided by each layer's
     mean score *at the first call* (the dense model's scale), not at every call: under ADMM the
@@ -256,7 +272,7 @@ def build_projection(
         return get_projection(projection, norm=norm)
     get_projection(projection, norm=norm)  # validates the norm
     criterion = criterion or norm or "l2"
-    check_group_options(criterion=criterion, round_to=round_to, cost=cost)
+    check_group_options(criterion=criterion, round_to=round_to, cost=cost, depth=depth)
     names = list(names)
     groups = model_channel_groups(model, names)  # a protected target is refused first
     if criterion == "fisher" and importance is None:
@@ -267,9 +283,14 @@ def build_projection(
         )
     if criterion == "bn":
         filter_scores(model, names, "bn")  # refuse a model without batch-norm scales now
-    if depth and criterion != "fisher":
-        raise PruneError("depth ranks residual blocks by Fisher importance; use criterion fisher")
     blocks = model_blocks(model, names) if depth else []
+    if depth == "only":  # whole blocks alone compete; no channel group is cut
+        if not blocks:
+            raise PruneError(
+                f"depth: only, but {type(model).__name__} has no residual block that may go "
+                "whole among the targets; use depth: true or false"
+            )
+        groups = []
     costs: dict[str, torch.Tensor] = {}  # cost flops: each filter's share of the model's FLOPs
     block_shares: list[float] = []  # and each block's
     if cost == "flops":
