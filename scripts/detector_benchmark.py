@@ -97,6 +97,11 @@ def bench_recipe(model: str, epochs: int, admm_epochs: int, *, labels: float = 0
     own_keys = ("cost", "refit", "depth")
     structured = {"policy": own_s.get("policy") or {"first_cap": 0.2, "last_cap": 0.5},
                   **{k: own_s[k] for k in own_keys if k in own_s}}  # fmt: skip
+    if structured.get("depth") == "only":  # whole blocks alone cannot land within 2% of a FLOPs
+        # target (Yolo-Fastest: 0.673x at best for 0.65x): rank them with the channels, which
+        # fill in, refitted at the cut (docs/detector_benchmark.md, session 18; section 15 of
+        # docs/structured_tuning.md)
+        structured.update(depth=True, refit=32)
     # unstructured ours: the model recipe's own conservative policy (yolov3-tiny: capped up to
     # the end of its backbone, cfg layer 12); a ramp over every layer cannot reach 0.9
     policy_u = (variants.get("admm") or {}).get("policy") or {"first_cap": 0.3, "last_cap": 1.0}
