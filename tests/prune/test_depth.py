@@ -179,6 +179,9 @@ def test_depth_only_cuts_whole_blocks_and_no_channel(repo_cfg):
     share = sum(g for _, g in gone) / model.gflops()
     biggest = max(g for _, _, g in blocks) / model.gflops()
     assert 0.2 <= share < 0.2 + biggest
+    whole = sum(g for _, _, g in blocks) / model.gflops()
+    with pytest.raises(PruneError, match="residual blocks that may go whole hold only"):
+        project(weights, min(whole + 0.05, 0.95))
 
 
 def test_depth_only_options_are_checked(repo_cfg):

@@ -678,9 +678,14 @@ def project_channel_groups(
             if sizes is None
             else (f"{ratio:.1%} of the model's cost", f"{removed:.1%}")
         )
+        limit_by = (
+            "the residual blocks that may go whole hold"  # blocks alone (depth: only)
+            if blocks and not groups
+            else "the per-layer caps allow removing"
+        )
         raise PruneError(
-            f"ratio {ratio} asks for {asked}, but the per-layer caps allow removing only "
-            f"{allowed}; lower the ratio or relax the policy's caps"
+            f"ratio {ratio} asks for {asked}, but {limit_by} only {allowed}; lower the ratio "
+            "or relax the policy's caps"
         )
     masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
     for name, ch in gone:
