@@ -327,12 +327,13 @@ class Darknet(nn.Module):
         from yolo_prune.darknet.surgery import expand_into_, shrink
 
         groups = self.fold_zero_channels_()
-        if not groups and not self.dropped_blocks():
+        dropped = self.dropped_blocks()
+        if not groups and not dropped:
             return False
         was_training = self.training
         small = shrink(self, groups).eval()
         device = next(self.parameters()).device
-        dead = {i for b in self.dropped_blocks() for i in b.layers}
+        dead = {i for b in dropped for i in b.layers}
         reconstruct_(small, dense.to(device).eval(), images.to(device), groups, skip=dead)
         expand_into_(self, small, groups)
         self.train(was_training)
