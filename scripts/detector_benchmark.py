@@ -13,8 +13,8 @@ writes (``<out>/<model>/recipe.yaml``: the model's own ``train`` settings, and f
 the same ``--epochs`` of masked fine-tuning, the same dense-teacher distillation (by default
 from the teacher alone, ``--labels 0``: the labels of 128 images overfit), a least-squares
 refit on 32 training images of every one-shot structured cut (none after ADMM, whose training
-leads up to its cut) and the same multiples of ``--round-to`` channels), so the methods differ
-only in how they choose what to remove:
+leads up to its cut; unstructured: see ``magnitude-refit`` below) and the same multiples of
+``--round-to`` channels), so the methods differ only in how they choose what to remove:
 
 * structured, at each ``--flops`` target (the fraction of the dense FLOPs the shrunk model keeps;
   ``prune --flops`` searches each method's ratio): ``ours`` (``admm-filter``: global structured
@@ -24,7 +24,9 @@ only in how they choose what to remove:
   own channel choice, ``pip install 'yolo_prune[bench]'``). A run that fails (Torch-Pruning
   cannot trace, no ratio reaches the target, ...) is kept as a row with its error.
 * unstructured, at each ``--ratios``: ``ours-u`` (global ADMM, conservative policy) against
-  ``magnitude`` (one-shot global magnitude), same fine-tuning.
+  ``magnitude`` (one-shot global magnitude, Han et al. 2015: no refit) and ``magnitude-refit``
+  (the same cut with its kept weights refitted to the dense model by least squares on 32
+  training images, the job's default for a one-shot cut), same fine-tuning.
 * resolution, a reference at each ``--flops`` target, not a pruning method: the dense model,
   untouched, at the largest smaller input (a multiple of 32) that costs no more than the target
   (``yolo-prune export --format darknet --size S``, then ``yolo-prune eval``). It answers the
@@ -77,7 +79,7 @@ MODELS = {  # name: (cfg, weights file in shared/data/weights, recipe with its t
     ),
 }
 STRUCTURED = ("ours", "l1", "bn", "tp-magnitude", "tp-taylor")
-UNSTRUCTURED = ("ours-u", "magnitude")
+UNSTRUCTURED = ("ours-u", "magnitude", "magnitude-refit")
 PARTS = ("structured", "unstructured", "resolution")
 REFERENCE = "dense-smaller"  # the resolution part's one row per target
 SIZE = 320  # every point's input side
@@ -118,7 +120,9 @@ def bench_recipe(model: str, epochs: int, admm_epochs: int, *, labels: float = 0
          **rounded},
         {"name": "ours-u", "method": "admm", "epochs": admm_epochs, "stages": 1,
          "retrain_epochs": epochs, "policy": policy_u},
-        {"name": "magnitude", "method": "magnitude", "iterations": 1, **tuned},
+        {"name": "magnitude", "method": "magnitude", "iterations": 1, "refit": 0, **tuned},
+        {"name": "magnitude-refit", "method": "magnitude", "iterations": 1, "refit": 32,
+         **tuned},
     ]  # fmt: skip
     return {
         "model": cfg,

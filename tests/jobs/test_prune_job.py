@@ -325,3 +325,34 @@ def test_without_data_a_weight_only_method_prunes_and_says_nothing_was_measured(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "no training data: give --data FOLDER" in err, err
         assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_an_unstructured_one_shot_cut_is_refitted_keeping_its_zeros(
+    tiny_dataset, tiny_weights, tiny_recipe_text, tmp_path
+):
+    """magnitude (one shot) gets the job's default refit like a structured cut, but on its
+    masks: the kept weights change, the pruned ones stay zero; with and without fine-tuning."""
+    from yolo_prune.prune.registry import build_pruner
+
+    dense = Darknet.from_cfg(TINY_CFG, size=64)
+    dense.load_weights(tiny_weights)
+    plain = build_pruner("magnitude", {"ratio": 0.5}).plan(dense, 0.5)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(tiny_recipe_text + "  - {name: one-shot, method: magnitude, epochs: 0, "
+                      "refit: 4}\n")  # fmt: skip
+    for name, at in (("magnitude", "the cut, before fine-tuning"),
+                     ("one-shot", "the cut (no fine-tuning)")):  # fmt: skip
+        out = tmp_path / name
+        report = run_prune(_job(tiny_dataset, tiny_weights, recipe, out, method=name,
+                                latency=False))  # fmt: skip
+        assert report["refit_images"] == (8 if name == "magnitude" else 4)  # 32 asked, 8 there
+        assert report["refit_at"] == at and f"({at})" in (out / "report.md").read_text()
+        pruned = Darknet.from_cfg(TINY_CFG, size=64)
+        pruned.load_weights(out / "pruned.weights")
+        params = dict(pruned.named_parameters())
+        for param, mask in plain.items():
+            assert not params[param][~mask].any(), param  # the same zeros as the plain cut
+        if name == "one-shot":  # no training: what moved the kept weights is the refit
+            moved = [p for p, mask in plain.items()
+                     if not torch.equal(params[p][mask], dense.get_parameter(p)[mask])]  # fmt: skip
+            assert moved

@@ -47,6 +47,7 @@ from yolo_prune.jobs.recipe import (
 )
 from yolo_prune.jobs.tasks import Task, TaskInputs, build_task
 from yolo_prune.prune.masks import MaskHook, apply_masks_
+from yolo_prune.prune.refit import is_filter_cut, refit_masked_
 from yolo_prune.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -196,9 +197,11 @@ def dense_model(config: PruneJobConfig, task: Task) -> nn.Module:
 
 @dataclass
 class _Cut:
-    """What the job's ``fit`` callback did to the model at the structured cut."""
+    """What the job did to the model at the cut."""
 
-    refitted: bool = False  # the cut was refitted by least squares before a masked phase
+    refitted: bool = False  # the cut was refitted by least squares
+    at: str | None = None  # when, in the report's words
+    images: int = 0  # on how many calibration images
 
 
 def make_fit(
@@ -216,10 +219,10 @@ def make_fit(
     cut: _Cut,
 ) -> Callable[[str, int, Sequence[Any]], None]:
     """The ``fit(phase, epochs, hooks)`` callback the pruner drives: the task's training with
-    the pruner's hooks. Before the first phase with hard masks, channels cut whole are folded
-    (training and eval mode must see the same network) or, with ``refit`` images, the cut is
-    refitted to the dense model by least squares, once: refitting after the fine-tuning would
-    undo it."""
+    the pruner's hooks. Before the first phase with hard masks, with ``refit`` images, the cut is
+    refitted to the dense model by least squares, once (:func:`refit_cut_`; refitting after the
+    fine-tuning would undo it), and channels cut whole are folded (training and eval mode must
+    see the same network)."""
 
     def fit(phase: str, epochs: int, hooks: Sequence[Any]) -> None:
         if epochs < 1:
@@ -227,17 +230,16 @@ def make_fit(
         t0 = time.perf_counter()
         masked = [h.masks for h in hooks if isinstance(h, MaskHook)]
         if masked:
-            refit_now = getattr(model, "refit_pruned_", None)
-            if refit and not cut.refitted and refit_now is not None:
+            if refit and not cut.refitted and dense is not None:
                 images = task.calibration(model, refit)
-                cut.refitted = refit_now(dense, images)
+                cut.refitted = refit_cut_(model, dense, merged_masks(masked), images)
                 if cut.refitted:
+                    cut.at, cut.images = "the cut, before fine-tuning", images.shape[0]
                     logger.info("the cut refitted on %d images before %s", images.shape[0], phase)
-            else:
-                fold = getattr(model, "fold_zero_channels_", None)
-                folded = fold() if fold is not None else set()
-                if folded:
-                    logger.info("%d pruned channel groups folded before %s", len(folded), phase)
+            fold = getattr(model, "fold_zero_channels_", None)  # a no-op after a structured refit
+            folded = fold() if fold is not None else set()
+            if folded:
+                logger.info("%d pruned channel groups folded before %s", len(folded), phase)
         settings = {**phase_settings(recipe, phase), **config.extra_train}
         last = task.fit(model, phase, epochs, hooks, settings=settings, teacher=teacher,
                         distill=distill, labels=labels, out=config.out / "phases" / phase,
@@ -325,6 +327,12 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     result = pruner.run(model, fit=fit, evaluate=score, importance=importance)
     if not main:  # the rest only reports: evaluations, files, timing
         return {}
+    if refit and not cut.refitted and not is_filter_cut(result.masks):
+        # an unstructured cut with no masked phase after it: refit it now (a structured one is
+        # refitted in its shrunk form below)
+        images = task.calibration(model, refit)
+        cut.refitted = refit_cut_(model, frozen, result.masks, images)
+        cut.at, cut.images = "the cut (no fine-tuning)", images.shape[0]
     fold = getattr(model, "fold_zero_channels_", None)
     if fold is not None:  # a one-shot cut never reached a masked phase's fold (make_fit): the
         fold()  # pruned model, as evaluated and saved, computes what its shrunk form computes
@@ -370,7 +378,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     chart = out / "layer_sparsity.png"
     title = f"{config.method}, ratio {options.get('ratio')}"
     plot_layer_sparsity(model, result.masks, chart, title=title)
-    refitted = shrunk is not None and (cut.refitted or calibration is not None)
+    refitted = cut.refitted or (shrunk is not None and calibration is not None)
 
     report = {
         "cfg": str(config.cfg),
@@ -386,10 +394,10 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         "flops_target": recipe.get("flops"),
         "flops_planned": flops,
         "target_sparsity": result.sparsity,
-        "refit_images": (refit if cut.refitted else int(calibration.shape[0])) if refitted else 0,
-        "refit_at": ("the cut, before fine-tuning" if cut.refitted else "the end")
+        "refit_images": (cut.images if cut.refitted else int(calibration.shape[0]))
         if refitted
-        else None,
+        else 0,
+        "refit_at": (cut.at if cut.refitted else "the end") if refitted else None,
         "size": list(model.input_shape[1:]),
         "dense": _figures(dense, config.weights or out / "dense.weights"),
         "pruned": _figures(pruned, out / "pruned.weights"),
@@ -421,6 +429,30 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
             for name in ("last.pt", "final.weights"):
                 (phase / name).unlink(missing_ok=True)
     return report
+
+
+def merged_masks(mask_sets: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One mask set from several hooks' (a weight in two sets is kept only if both keep it)."""
+    merged: dict[str, torch.Tensor] = {}
+    for masks in mask_sets:
+        for name, mask in masks.items():
+            merged[name] = mask.bool() & merged[name] if name in merged else mask.bool()
+    return merged
+
+
+def refit_cut_(
+    model: nn.Module, dense: nn.Module, masks: Mapping[str, torch.Tensor], images: torch.Tensor
+) -> bool:
+    """Refit a hard cut to ``dense`` by least squares on ``images``, in place; False where
+    there was nothing to refit.
+
+    A cut of whole filters is refitted in the model's shrunk form (``refit_pruned_``, Darknet
+    models); any other cut keeps its masks and has its kept weights refitted layer by layer
+    (:func:`~yolo_prune.prune.refit.refit_masked_`), on any model."""
+    if is_filter_cut(masks):
+        refit_now = getattr(model, "refit_pruned_", None)
+        return bool(refit_now is not None and refit_now(dense, images))
+    return bool(refit_masked_(model, dense, masks, images))
 
 
 def removed_blocks(model: nn.Module) -> list[str] | None:
@@ -818,9 +850,9 @@ def format_report(report: Mapping[str, Any]) -> str:
                   "pruned from the weights alone (no fine-tuning, no refit, no INT8 file). "
                   "Measure it before you ship it: yolo-prune eval --weights pruned.sparse "
                   "--data FOLDER."]  # fmt: skip
-    if report.get("refit_at") == "the cut, before fine-tuning":
-        lines += ["", f"The structured cut was refitted to the dense model by least squares on "
-                  f"{report['refit_images']} training images before fine-tuning."]  # fmt: skip
+    if report.get("refit_at") not in (None, "the end"):
+        lines += ["", f"The cut was refitted to the dense model by least squares on "
+                  f"{report['refit_images']} training images ({report['refit_at']})."]  # fmt: skip
     if report.get("blocks_removed"):
         blocks = report["blocks_removed"]
         lines += ["", f"Residual blocks removed whole (depth): {len(blocks)}, layers "
