@@ -56,7 +56,8 @@ def _masks(net: nn.Module, keep: float) -> dict[str, torch.Tensor]:
     }
 
 
-def test_the_refit_brings_the_cut_back_towards_the_dense_outputs_and_keeps_the_mask():
+@pytest.mark.parametrize("window", [1, 2, 8])  # every layer sequential, mixed, one pass
+def test_the_refit_brings_the_cut_back_towards_the_dense_outputs_and_keeps_the_mask(window):
     dense = _net()
     with torch.no_grad():  # batch-norm statistics that are not the identity
         dense[1].running_mean.uniform_(-0.5, 0.5)
@@ -68,7 +69,7 @@ def test_the_refit_brings_the_cut_back_towards_the_dense_outputs_and_keeps_the_m
     held_out = torch.randn(48, 3, 6, 6, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         before = (cut(held_out) - dense(held_out)).pow(2).mean()
-        order = refit_masked_(cut, dense, masks, images)
+        order = refit_masked_(cut, dense, masks, images, window=window)
         after = (cut(held_out) - dense(held_out)).pow(2).mean()
     assert order == ["0.weight", "3.weight", "5.weight", "8.weight"]  # forward order
     assert after < 0.5 * before  # on images it was not fitted on

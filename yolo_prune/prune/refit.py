@@ -4,10 +4,10 @@ A one-shot magnitude cut zeroes weights without changing the others, so every la
 drifts from the dense model's and the drift compounds with depth. Layer-wise reconstruction
 (Optimal Brain Compression, Frantar & Alistarh 2022; SparseGPT, 2023) instead keeps the mask and
 solves, for each output row of each layer, the kept weights whose output on calibration inputs
-best matches the dense layer's. :func:`refit_masked_` does that, layer by layer in forward
-order: each layer is fitted on the inputs the *already refitted* layers before it give it
-(``x_s``), against the dense layer's output on the dense inputs (``x_d``), so errors do not pile
-up. For one output row ``w`` with kept positions ``K``::
+best matches the dense layer's. :func:`refit_masked_` does that in forward order, a window of
+layers at a time: each layer is fitted on the inputs the *already refitted* windows before it
+give it (``x_s``), against the dense layer's output on the dense inputs (``x_d``), so errors do
+not pile up. For one output row ``w`` with kept positions ``K``::
 
     min_w  sum ||x_s[K]^T w - x_d^T w_dense||^2 + lam * ||w - w_now||^2   (w zero outside K)
 
@@ -20,14 +20,14 @@ their trained values.
 It works on any model: the targets are ``Conv2d`` (grouped and depthwise included: each group
 has its own ``H``) and ``Linear`` layers named by the masks; other masked parameters are left
 as they are. Nothing is trained and the mask is kept exactly: a pruned weight stays zero.
-Measured on yolov3-tiny at 90% sparsity on a split of the coco128 training images
-(docs/structured_tuning.md, section 16).
+Measured on yolov3-tiny and Yolo-Fastest (docs/detector_benchmark.md, "The refit of an
+unstructured cut", session 23).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -78,25 +78,32 @@ def _forward_order(model: nn.Module, names: list[str], image: torch.Tensor) -> l
     return order
 
 
-def _input_of(model: nn.Module, module_name: str, images: torch.Tensor) -> torch.Tensor:
-    """The input ``model``'s module ``module_name`` receives on ``images`` (the forward pass
-    stops there)."""
-    seen: list[torch.Tensor] = []
+def _inputs_of(model: nn.Module, module_names: list[str], images: torch.Tensor) -> list:
+    """The inputs ``model``'s modules ``module_names`` (in forward order) receive on ``images``;
+    the forward pass stops once the last has its input."""
+    seen: dict[str, torch.Tensor] = {}
+    last = module_names[-1]
 
-    def grab(_m: nn.Module, inputs: tuple) -> None:
-        seen.append(inputs[0])
-        raise _Stop
+    def grab(name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(_m: nn.Module, inputs: tuple) -> None:
+            seen.setdefault(name, inputs[0])
+            if name == last:
+                raise _Stop
 
-    handle = model.get_submodule(module_name).register_forward_pre_hook(grab)
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(grab(n)) for n in module_names]
     try:
         model(images)
     except _Stop:
         pass
     finally:
-        handle.remove()
-    if not seen:
-        raise PruneError(f"refit: {module_name} did not run in the forward pass")
-    return seen[0]
+        for h in handles:
+            h.remove()
+    missing = [n for n in module_names if n not in seen]
+    if missing:
+        raise PruneError(f"refit: {missing[0]} did not run in the forward pass")
+    return [seen[n] for n in module_names]
 
 
 def _rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -221,6 +228,7 @@ def refit_masked_(
     batch: int = 16,
     iters: int = 200,
     tol: float = 1e-4,
+    window: int = 8,
     seed: int = 0,
 ) -> list[str]:
     """Refit, in place, the kept weights of ``model`` (``dense`` with the ``masks`` applied) so
@@ -228,8 +236,12 @@ def refit_masked_(
     see the module docstring. Returns the parameter names refitted, in forward order.
 
     ``images`` is a calibration batch in the model's input geometry (16-128 images); it is run
-    ``batch`` at a time up to each layer. ``max_rows`` bounds the output positions sampled per
-    layer. Both models are put in eval mode; ``dense`` is not changed.
+    ``batch`` at a time. ``max_rows`` bounds the output positions sampled per layer. The layers
+    go ``window`` at a time, one forward pass per batch and network each: a window's first
+    layer is fitted on the inputs the refitted model gives it, the others on the dense inputs
+    (``window=1``: every layer on the refitted model's, with a pass per layer; a window of
+    every layer: every layer on the dense inputs, one pass). Both models are put in eval mode;
+    ``dense`` is not changed.
 
     Raises:
         PruneError: a mask's parameter is not in ``model``, or its layer never runs.
@@ -250,17 +262,22 @@ def refit_masked_(
     gen = torch.Generator().manual_seed(seed)
     chunks = list(images.split(batch))
     per_batch = max(1, max_rows // len(chunks))
-    for name in order:
-        module_name = name.rpartition(".")[0]
-        module, dense_module = model.get_submodule(module_name), dense.get_submodule(module_name)
-        inputs = (
-            (_input_of(model, module_name, x), _input_of(dense, module_name, x)) for x in chunks
-        )
-        left = _refit_layer_(
-            module, dense_module, masks[name].to(module.weight.device), inputs,
-            ridge=ridge, rows_per_batch=per_batch, generator=gen, iters=iters, tol=tol,
-        )  # fmt: skip
-        if left > 10 * tol:
-            logger.debug("refit %s: conjugate gradients stopped at residual %.2g", name, left)
+    for first in range(0, len(order), window):
+        names = order[first : first + window]
+        modules = [n.rpartition(".")[0] for n in names]
+        # one pass per batch and network for the whole window: its first layer is fitted on the
+        # inputs the refitted layers before it give; the others, whose inputs are not refitted
+        # yet, on the dense inputs (as if the layers before them in the window matched dense)
+        captured = [(_inputs_of(model, modules[:1], x)[0], _inputs_of(dense, modules, x))
+                    for x in chunks]  # fmt: skip
+        for i, (name, module_name) in enumerate(zip(names, modules, strict=True)):
+            module = model.get_submodule(module_name)
+            left = _refit_layer_(
+                module, dense.get_submodule(module_name), masks[name].to(module.weight.device),
+                ((xs if i == 0 else xd[i], xd[i]) for xs, xd in captured), ridge=ridge,
+                rows_per_batch=per_batch, generator=gen, iters=iters, tol=tol,
+            )  # fmt: skip
+            if left > 10 * tol:
+                logger.debug("refit %s: conjugate gradients stopped at residual %.2g", name, left)
     logger.info("refitted %d layers' kept weights on %d images", len(order), images.shape[0])
     return order
