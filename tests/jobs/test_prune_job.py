@@ -341,12 +341,12 @@ def test_an_unstructured_one_shot_cut_is_refitted_keeping_its_zeros(
     recipe.write_text(tiny_recipe_text + "  - {name: one-shot, method: magnitude, epochs: 0, "
                       "refit: 4}\n")  # fmt: skip
     for name, at in (("magnitude", "the cut, before fine-tuning"),
-                     ("one-shot", "the cut (no fine-tuning)")):  # fmt: skip
+                     ("one-shot", "the cut, with no fine-tuning after it")):  # fmt: skip
         out = tmp_path / name
         report = run_prune(_job(tiny_dataset, tiny_weights, recipe, out, method=name,
                                 latency=False))  # fmt: skip
         assert report["refit_images"] == (8 if name == "magnitude" else 4)  # 32 asked, 8 there
-        assert report["refit_at"] == at and f"({at})" in (out / "report.md").read_text()
+        assert report["refit_at"] == at and f"images at {at}." in (out / "report.md").read_text()
         pruned = Darknet.from_cfg(TINY_CFG, size=64)
         pruned.load_weights(out / "pruned.weights")
         params = dict(pruned.named_parameters())

@@ -332,7 +332,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         # refitted in its shrunk form below)
         images = task.calibration(model, refit)
         cut.refitted = refit_cut_(model, frozen, result.masks, images)
-        cut.at, cut.images = "the cut (no fine-tuning)", images.shape[0]
+        cut.at, cut.images = "the cut, with no fine-tuning after it", images.shape[0]
     fold = getattr(model, "fold_zero_channels_", None)
     if fold is not None:  # a one-shot cut never reached a masked phase's fold (make_fit): the
         fold()  # pruned model, as evaluated and saved, computes what its shrunk form computes
@@ -852,7 +852,7 @@ def format_report(report: Mapping[str, Any]) -> str:
                   "--data FOLDER."]  # fmt: skip
     if report.get("refit_at") not in (None, "the end"):
         lines += ["", f"The cut was refitted to the dense model by least squares on "
-                  f"{report['refit_images']} training images ({report['refit_at']})."]  # fmt: skip
+                  f"{report['refit_images']} training images at {report['refit_at']}."]  # fmt: skip
     if report.get("blocks_removed"):
         blocks = report["blocks_removed"]
         lines += ["", f"Residual blocks removed whole (depth): {len(blocks)}, layers "
