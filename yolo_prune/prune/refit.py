@@ -17,6 +17,12 @@ mask, with a Jacobi preconditioner. The ridge ``lam`` is relative to the mean in
 pulls towards the current weights, so directions the calibration images do not constrain keep
 their trained values.
 
+The targets are the dense model's pre-normalisation outputs, so the cut must still have the
+dense model's batch norms: that is the case for a one-shot cut, where the job refits. Refitting
+after training has moved them pulls the layers towards outputs the trained batch norms no longer
+expect (yolov3-tiny at 90%, fine-tuned 31.97 AP50 -> 10.07 refitted afterwards, on a training
+split).
+
 It works on any model: the targets are ``Conv2d`` (grouped and depthwise included: each group
 has its own ``H``) and ``Linear`` layers named by the masks; other masked parameters are left
 as they are. Nothing is trained and the mask is kept exactly: a pruned weight stays zero.
