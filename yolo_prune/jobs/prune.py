@@ -327,12 +327,14 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     result = pruner.run(model, fit=fit, evaluate=score, importance=importance)
     if not main:  # the rest only reports: evaluations, files, timing
         return {}
-    if refit and not cut.refitted and not is_filter_cut(result.masks):
-        # an unstructured cut with no masked phase after it: refit it now (a structured one is
-        # refitted in its shrunk form below)
+    if refit and not phases and not is_filter_cut(result.masks):
+        # an unstructured one-shot cut, never trained: refit it now (a structured one is refitted
+        # in its shrunk form below; never after training, whose batch norms no longer expect the
+        # dense outputs the refit aims at)
         images = task.calibration(model, refit)
         cut.refitted = refit_cut_(model, frozen, result.masks, images)
-        cut.at, cut.images = "the cut, with no fine-tuning after it", images.shape[0]
+        if cut.refitted:
+            cut.at, cut.images = "the cut, with no fine-tuning after it", images.shape[0]
     fold = getattr(model, "fold_zero_channels_", None)
     if fold is not None:  # a one-shot cut never reached a masked phase's fold (make_fit): the
         fold()  # pruned model, as evaluated and saved, computes what its shrunk form computes
