@@ -356,3 +356,30 @@ def test_an_unstructured_one_shot_cut_is_refitted_keeping_its_zeros(
             moved = [p for p, mask in plain.items()
                      if not torch.equal(params[p][mask], dense.get_parameter(p)[mask])]  # fmt: skip
             assert moved
+
+
+def test_an_unstructured_cut_that_empties_a_filter_keeps_every_zero_through_the_refit(
+    tiny_weights,
+):
+    """Such a cut looks structured where a filter went whole, but its other zeros are single
+    weights: it is refitted on its masks (before, the shrunk model was refitted densely and
+    the masks then zeroed part of the fit)."""
+    from yolo_prune.jobs.prune import refit_cut_
+    from yolo_prune.prune.masks import apply_masks_
+    from yolo_prune.prune.registry import build_pruner
+
+    dense = Darknet.from_cfg(TINY_CFG, size=64)
+    dense.load_weights(tiny_weights)
+    dense.eval()
+    model = Darknet.from_cfg(TINY_CFG, size=64)
+    model.load_weights(tiny_weights)
+    masks = build_pruner("magnitude", {"ratio": 0.5}).plan(model, 0.5)
+    first = next(iter(masks))
+    masks[first][0] = False  # one filter emptied whole
+    apply_masks_(model, masks)
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert refit_cut_(model, dense, masks, images)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert not params[name][~mask].any(), name
+    assert any(not torch.equal(params[n][m], dense.get_parameter(n)[m]) for n, m in masks.items())
