@@ -36,10 +36,10 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from yolo_prune.errors import PruneError
+from yolo_prune.utils.linalg import conv_patches
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +117,7 @@ def _rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     group's ``in/groups * kh * kw``), the feature vectors for a linear layer (``G = 1``)."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).T[None]
-    patches = F.unfold(
-        x, module.kernel_size, dilation=module.dilation, padding=module.padding,
-        stride=module.stride,
-    )  # fmt: skip
+    patches = conv_patches(x, module)  # columns by input channel, so groups split them evenly
     b, _, positions = patches.shape
     g = module.groups
     patches = patches.reshape(b, g, -1, positions).permute(1, 2, 0, 3)
@@ -199,7 +196,9 @@ def _refit_layer_(
     h = torch.zeros(g, d, d, dtype=torch.float64)
     c = torch.zeros(g, d, d, dtype=torch.float64)
     for x_s, x_d in inputs:
-        rows_s, rows_d = _rows(module, x_s), _rows(dense_module, x_d)
+        same = x_s is x_d  # fitted on the dense inputs: C = H
+        rows_s = _rows(module, x_s)
+        rows_d = rows_s if same else _rows(dense_module, x_d)
         n = rows_s.shape[2]
         if n > rows_per_batch:  # the same sampled positions in both networks
             pick = torch.randperm(n, generator=generator)[:rows_per_batch]
@@ -208,8 +207,9 @@ def _refit_layer_(
             ones = torch.ones(1, 1, rows_s.shape[2])
             rows_s, rows_d = torch.cat([rows_s, ones], 1), torch.cat([rows_d, ones], 1)
         # float32 products (BLAS speed), float64 sums
-        h += torch.bmm(rows_s, rows_s.transpose(1, 2)).double()
-        c += torch.bmm(rows_s, rows_d.transpose(1, 2)).double()
+        hh = torch.bmm(rows_s, rows_s.transpose(1, 2)).double()
+        h += hh
+        c += hh if same else torch.bmm(rows_s, rows_d.transpose(1, 2)).double()
     lam = ridge * h.diagonal(dim1=1, dim2=2).sum(-1) / d  # [G]
     lam = lam.clamp_min(1e-12)[:, None, None]
     h = h + lam * torch.eye(d, dtype=h.dtype)
@@ -269,14 +269,14 @@ def refit_masked_(
     chunks = list(images.split(batch))
     per_batch = max(1, max_rows // len(chunks))
     for first in range(0, len(order), window):
-        names = order[first : first + window]
-        modules = [n.rpartition(".")[0] for n in names]
+        in_window = order[first : first + window]
+        modules = [n.rpartition(".")[0] for n in in_window]
         # one pass per batch and network for the whole window: its first layer is fitted on the
         # inputs the refitted layers before it give; the others, whose inputs are not refitted
         # yet, on the dense inputs (as if the layers before them in the window matched dense)
         captured = [(_inputs_of(model, modules[:1], x)[0], _inputs_of(dense, modules, x))
                     for x in chunks]  # fmt: skip
-        for i, (name, module_name) in enumerate(zip(names, modules, strict=True)):
+        for i, (name, module_name) in enumerate(zip(in_window, modules, strict=True)):
             module = model.get_submodule(module_name)
             left = _refit_layer_(
                 module, dense.get_submodule(module_name), masks[name].to(module.weight.device),
