@@ -142,3 +142,28 @@ def test_yaml_round_trip(tmp_path):
     back = read_recipe(path)
     back.pop("_dir")
     assert back == recipe
+
+
+def test_val_follows_the_users_data_not_the_recipes(tmp_path):
+    """A recipe that names its own data and val (the Yolo-Fastest demo recipe does) must not
+    score a run on its val images when the user gives --data without --val."""
+    import argparse
+
+    from yolo_prune.cli.prune import job_inputs
+
+    folders = {name: tmp_path / name for name in ("recipe_data", "recipe_val", "mine", "my_val")}
+    for folder in folders.values():
+        folder.mkdir()
+    recipe = {"model": "cfg/yolov3-tiny.cfg", "data": str(folders["recipe_data"]),
+              "val": str(folders["recipe_val"]), "weights": None, "dense_epochs": 1}  # fmt: skip
+
+    def inputs(data, val):
+        args = argparse.Namespace(cfg=None, weights=None, data=data, val=val, calib_images=64,
+                                  max_val_images=None)
+        got = job_inputs(args, recipe)
+        return got["data"].name, got["val"].name
+
+    assert inputs(None, None) == ("recipe_data", "recipe_val")
+    assert inputs(folders["mine"], None) == ("mine", "mine")
+    assert inputs(folders["mine"], folders["my_val"]) == ("mine", "my_val")
+    assert inputs(None, folders["my_val"]) == ("recipe_data", "my_val")

@@ -144,7 +144,9 @@ def job_inputs(args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, An
         weights = resolve_weights(resolve_path(recipe, weights))
         require_file(weights, "weights file")
     data = args.data or resolve_path(recipe, recipe.get("data"))
-    val = args.val or resolve_path(recipe, recipe.get("val")) or data
+    # A recipe's val goes with the recipe's data: a --data of the user's own is scored on its
+    # own val* split unless --val says otherwise (as --help says), never on the recipe's images.
+    val = args.val or args.data or resolve_path(recipe, recipe.get("val")) or data
     for what, folder in (("--data", data), ("--val", val)):
         if folder is None:
             continue
