@@ -158,8 +158,9 @@ def test_val_follows_the_users_data_not_the_recipes(tmp_path):
               "val": str(folders["recipe_val"]), "weights": None, "dense_epochs": 1}  # fmt: skip
 
     def inputs(data, val):
-        args = argparse.Namespace(cfg=None, weights=None, data=data, val=val, calib_images=64,
-                                  max_val_images=None)
+        args = argparse.Namespace(
+            cfg=None, weights=None, data=data, val=val, calib_images=64, max_val_images=None
+        )
         got = job_inputs(args, recipe)
         return got["data"].name, got["val"].name
 
