@@ -144,7 +144,7 @@ def test_yaml_round_trip(tmp_path):
     assert back == recipe
 
 
-def test_val_follows_the_users_data_not_the_recipes(tmp_path):
+def test_val_follows_the_users_data_not_the_recipes(tmp_path, repo_cfg):
     """A recipe that names its own data and val (the Yolo-Fastest demo recipe does) must not
     score a run on its val images when the user gives --data without --val."""
     import argparse
@@ -154,7 +154,7 @@ def test_val_follows_the_users_data_not_the_recipes(tmp_path):
     folders = {name: tmp_path / name for name in ("recipe_data", "recipe_val", "mine", "my_val")}
     for folder in folders.values():
         folder.mkdir()
-    recipe = {"model": "cfg/yolov3-tiny.cfg", "data": str(folders["recipe_data"]),
+    recipe = {"model": str(repo_cfg / "yolov3-tiny.cfg"), "data": str(folders["recipe_data"]),
               "val": str(folders["recipe_val"]), "weights": None, "dense_epochs": 1}  # fmt: skip
 
     def inputs(data, val):
