@@ -16,6 +16,8 @@ Files written under ``out`` (each atomically; the reports last, so a report mean
     pruned-shrunk.cfg/.weights   structured methods: the physically smaller model
     pruned.onnx             the model that ships (shrunk if channels went, else pruned), float
     pruned-int8.onnx        the same, static INT8 (QDQ), calibrated on the training images
+                            (with the recipe's ``qat_epochs``: quantized from a copy fine-tuned
+                            with the INT8 rounding in its forward pass)
     layer_sparsity.png      the pruned fraction of every layer
     report.json, report.md  dense vs pruned: AP, AP50, params, sparsity, GFLOPs, latency in
                             every installed runtime (side by side), deployable file sizes
@@ -27,6 +29,7 @@ import copy
 import json
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +133,7 @@ def check_job(
     task.check_settings(recipe.get("train") or {}, "train")
     for phase, values in (recipe.get("phases") or {}).items():
         task.check_settings({**(recipe.get("train") or {}), **values}, f"phases.{phase}")
+    qat_epochs(recipe)
     budget = recipe.get("budget_epochs")
     for name in methods:
         method, options = variant_options({**recipe, "ratio": recipe.get("ratio") or 0.5}, name)
@@ -361,7 +365,9 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     int8_model = int8_metrics = None
     if config.deploy and task.kind == "detection":  # the ONNX wrappers run detectors only
         shipped = shrunk_model if shrunk_model is not None else model
-        int8_path, deploy_files = write_deployables(shipped, out, config, task)
+        source = quant_aware_twin(shipped, config, task, recipe, teacher=teacher,
+                                  distill=distill, labels=labels, phases=phases)  # fmt: skip
+        int8_path, deploy_files = write_deployables(shipped, out, config, task, int8_source=source)
         files.update(deploy_files)
         if int8_path is not None:
             from yolo_prune.runtime import load_onnx_model
@@ -407,6 +413,7 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
         if shrunk_metrics
         else None,
         "int8": _figures(int8_metrics, out / "pruned-int8.onnx") if int8_metrics else None,
+        "qat_epochs": qat_epochs(recipe) if int8_metrics else 0,
         "smaller_input": {**_figures(smaller_metrics, None), "input": smaller.input_shape[1]}
         if smaller_metrics
         else None,
@@ -602,13 +609,61 @@ def time_side_by_side(
     return out
 
 
+def qat_epochs(recipe: Mapping[str, Any]) -> int:
+    """The recipe's ``qat_epochs``: quantization-aware fine-tuning before the INT8 export."""
+    value = recipe.get("qat_epochs") or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"qat_epochs={value!r}; expected a whole number of epochs >= 0")
+    return value
+
+
+def quant_aware_twin(
+    shipped: nn.Module,
+    config: PruneJobConfig,
+    task: Task,
+    recipe: Mapping[str, Any],
+    *,
+    teacher: nn.Module | None,
+    distill: float,
+    labels: float,
+    phases: list[dict[str, Any]],
+) -> nn.Module:
+    """What ``pruned-int8.onnx`` is quantized from: ``shipped`` itself, or, with the recipe's
+    ``qat_epochs`` and training data, a copy of it fine-tuned that many epochs with the INT8
+    rounding in its forward pass (:mod:`yolo_prune.export.qat`; phase ``qat``, the variant's
+    teacher and labels). ``shipped`` and its float files are left as they are."""
+    epochs = qat_epochs(recipe)
+    if not epochs or config.data is None or getattr(shipped, "sources", None) is None:
+        return shipped
+    from yolo_prune.export.qat import quant_aware
+
+    t0 = time.perf_counter()
+    twin = copy.deepcopy(shipped)
+    settings = {**phase_settings(recipe, "qat"), **config.extra_train}
+    with quant_aware(twin, task.calibration(twin, config.calib_images)) as hook:
+        last = task.fit(twin, "qat", epochs, [hook], settings=settings, teacher=teacher,
+                        distill=distill, labels=labels, out=config.out / "phases" / "qat",
+                        resume=config.resume)  # fmt: skip
+    twin.eval()
+    phases.append(
+        {"phase": "qat", "epochs": epochs, "minutes": (time.perf_counter() - t0) / 60, **last}
+    )
+    return twin
+
+
 def write_deployables(
-    model: nn.Module, out: Path, config: PruneJobConfig, task: Task
+    model: nn.Module,
+    out: Path,
+    config: PruneJobConfig,
+    task: Task,
+    *,
+    int8_source: nn.Module | None = None,
 ) -> tuple[Path | None, dict[str, int]]:
     """``pruned.onnx`` (float) and, with training data to calibrate it on, ``pruned-int8.onnx``
-    (static INT8, QDQ, calibrated on the first ``config.calib_images`` training images);
-    returns the INT8 path (None without data) and the sizes of the files and of
-    ``pruned.sparse`` compressed with zlib (what a download would weigh)."""
+    (static INT8, QDQ, calibrated on the first ``config.calib_images`` training images;
+    quantized from ``int8_source``, by default ``model``); returns the INT8 path (None without
+    data) and the sizes of the files and of ``pruned.sparse`` compressed with zlib (what a
+    download would weigh)."""
     import zlib
 
     from yolo_prune.export.onnx import export_onnx
@@ -618,8 +673,13 @@ def write_deployables(
     export_onnx(model, onnx_path, input_shape=model.input_shape)
     sizes = {"pruned.onnx": onnx_path.stat().st_size}
     if config.data is not None:
-        batches = task.deploy_calibration(model, config.calib_images)
-        quantize_onnx_int8(onnx_path, int8_path, calibration=batches)
+        source, src_path = int8_source or model, onnx_path
+        batches = task.deploy_calibration(source, config.calib_images)
+        with tempfile.TemporaryDirectory(prefix="yolo_prune_qat_") as tmp:
+            if source is not model:
+                src_path = Path(tmp) / "qat.onnx"
+                export_onnx(source, src_path, input_shape=source.input_shape)
+            quantize_onnx_int8(src_path, int8_path, calibration=batches)
         sizes["pruned-int8.onnx"] = int8_path.stat().st_size
     sizes["pruned.sparse (zlib)"] = len(zlib.compress((out / "pruned.sparse").read_bytes(), 9))
     return (int8_path if config.data is not None else None), sizes
@@ -807,7 +867,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         label = f"pruned, shrunk, refit on {refit} images" if refit else "pruned, shrunk"
         cols.append((label, report["shrunk"]))
     if report.get("int8"):
-        cols.append(("shipped, INT8 (pruned-int8.onnx)", report["int8"]))
+        qat = report.get("qat_epochs") or 0
+        how = f", {qat} epochs quantization-aware" if qat else ""
+        cols.append((f"shipped, INT8 (pruned-int8.onnx{how})", report["int8"]))
     smaller = report.get("smaller_input")
     if smaller:
         cols.append((f"dense at {smaller['input']}x{smaller['input']}, not pruned", smaller))

@@ -79,13 +79,19 @@ TOP_KEYS = {
     "labels": "weight of the loss on the labels (0 with distill: the teacher alone)",
     "refit": "training images for the least-squares refit of the shrunk model (0: off)",
     "methods": "list of named method variants",
+    "qat_epochs": "quantization-aware fine-tuning epochs of the shipped model before "
+    "pruned-int8.onnx is written (0: post-training quantization only)",
     "dense_epochs": "train the dense model this many epochs when no --weights is given "
     "(classifiers)",
     "budget_epochs": "every variant must spend exactly this many training epochs (equal-budget "
     "comparisons)",
 }
 # Phase names a recipe's `phases` may hold besides the methods' own (see `known_phases`).
-JOB_PHASES = {"default": "phases with no entry of their own", "dense": "the dense training"}
+JOB_PHASES = {
+    "default": "phases with no entry of their own",
+    "dense": "the dense training",
+    "qat": "the quantization-aware fine-tuning before the INT8 export (`qat_epochs`)",
+}
 # Keys of a method variant that the job reads itself (the rest configure the method).
 _JOB_VARIANT_KEYS = {"method", "distill", "labels", "refit"}
 
