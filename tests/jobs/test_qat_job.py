@@ -57,3 +57,19 @@ def test_qat_epochs_must_be_a_whole_number(tiny_dataset, tiny_weights, tiny_reci
     with pytest.raises(ConfigError, match="qat_epochs=1.5"):
         run_prune(_job(tiny_dataset, tiny_weights, recipe, tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_under_torchrun_qat_epochs_is_refused_before_any_work(
+    tiny_dataset, tiny_weights, tiny_recipe_text, tmp_path, monkeypatch
+):
+    """Rank 0 trains the INT8 copy after the other ranks have returned: a DDP fit would wait
+    for them for ever, so the job refuses first."""
+    from yolo_prune.engine.distributed import DistInfo
+    from yolo_prune.jobs import prune as prune_mod
+
+    monkeypatch.setattr(prune_mod, "dist_info", lambda device="cpu": DistInfo(0, 2, 0, device))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(tiny_recipe_text + "qat_epochs: 1\n")
+    with pytest.raises(ConfigError, match="without torchrun"):
+        run_prune(_job(tiny_dataset, tiny_weights, recipe, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -281,7 +281,13 @@ def run_prune(config: PruneJobConfig) -> dict[str, Any]:
     labels = variant_labels(recipe, config.method)
     refit = variant_refit(recipe, config.method) if config.data is not None else 0
     pruner = build_pruner(method, options)  # validates the options before any work
-    main = dist_info(config.device).is_main  # under torchrun, rank 0 alone writes and reports
+    place = dist_info(config.device)
+    main = place.is_main  # under torchrun, rank 0 alone writes and reports
+    if qat_epochs(recipe) and config.deploy and place.world_size > 1:
+        raise ConfigError(
+            "qat_epochs trains the INT8 copy after the other ranks have finished; run the job "
+            "without torchrun, or drop qat_epochs (or pass --no-deploy)"
+        )
     out = config.out
     dense_metrics = config.dense_metrics
     if config.resume:
