@@ -16,6 +16,9 @@ A recipe (``cfg/recipes/<model>.yaml``) reads::
     refit: 0                        # after removing channels, refit the shrunk model to the
                                     #   dense one on this many training images by least
                                     #   squares (one-shot channel pruning; 0: off); per variant too
+    qat_epochs: 0                   # quantization-aware fine-tuning of a copy of the shipped
+                                    #   model before pruned-int8.onnx (0: post-training only;
+                                    #   phase `qat` in `phases` sets its training)
     methods:                        # named variants; `method` is a registered method
       - {name: admm, method: admm, epochs: 4, retrain_epochs: 4, policy: {first_cap: 0.5}}
       - {name: magnitude, method: magnitude, epochs: 4}
