@@ -43,6 +43,7 @@ from torch import nn
 
 from yolo_prune.darknet.layers import ConvLayer, DropoutLayer, YoloLayer
 from yolo_prune.engine.hooks import Hook, TrainState
+from yolo_prune.export.quantize import DEFAULT_PERCENTILE
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ logger = logging.getLogger(__name__)
 WEIGHT_QMIN, WEIGHT_QMAX = -64, 64
 # uint8 activations.
 ACT_QMIN, ACT_QMAX = 0, 255
-# ORT's Percentile calibration as the export runs it (quantize.DEFAULT_PERCENTILE).
-PERCENTILE = 99.95
 # Values drawn per tensor and batch to estimate a range (torch.quantile takes at most 2**24).
 _SAMPLES = 200_000
 
@@ -153,7 +152,7 @@ class QuantAwareHook(Hook):
 
     @torch.no_grad()
     def estimate_ranges(self) -> None:
-        """Each rounded tensor's range: the central :data:`PERCENTILE` % of its values on the
+        """Each rounded tensor's range: the central ``DEFAULT_PERCENTILE`` % of its values on the
         calibration images (eval mode, activations unrounded), widened to hold 0."""
         model, was_training = self.model, self.model.training
         device = next(model.parameters()).device
@@ -178,7 +177,7 @@ class QuantAwareHook(Hook):
                 handle.remove()
             self._rounding = True
             model.train(was_training)
-        cut = (100.0 - PERCENTILE) / 200.0  # clipped at each end, as ORT's non-symmetric cut
+        cut = (100.0 - DEFAULT_PERCENTILE) / 200.0  # clipped half at each end, as ORT does
         for name, values in drawn.items():
             v = torch.cat(values)
             if len(v) > 2**24 - 1:

@@ -679,7 +679,8 @@ def write_deployables(
     export_onnx(model, onnx_path, input_shape=model.input_shape)
     sizes = {"pruned.onnx": onnx_path.stat().st_size}
     if config.data is not None:
-        source, src_path = int8_source or model, onnx_path
+        source = int8_source if int8_source is not None else model
+        src_path = onnx_path
         batches = task.deploy_calibration(source, config.calib_images)
         with tempfile.TemporaryDirectory(prefix="yolo_prune_qat_") as tmp:
             if source is not model:
